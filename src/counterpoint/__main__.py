@@ -1,0 +1,5 @@
+"""``python -m counterpoint``."""
+
+from counterpoint.cli import main
+
+main()

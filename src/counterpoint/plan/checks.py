@@ -1,0 +1,155 @@
+"""Checks that need the whole plan: unique ids, references, and whether work can ever run.
+
+Cycles are found by :mod:`counterpoint.plan.graph`; everything else that makes a
+well-typed plan unrunnable is found here. Each check yields problems with the
+data path of the offending value, so the loader can point at it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from counterpoint.errors import Path, Problem, Severity
+from counterpoint.plan.model import Plan, Task
+from counterpoint.plan.schema_errors import did_you_mean
+
+TaskPath = tuple[str, int, str, int, str, int]
+
+
+def check_plan(plan: Plan) -> list[Problem]:
+    """Every problem the model alone cannot see, errors and warnings together."""
+    problems: list[Problem] = []
+    for check in (_unique_ids, _references, _agents, _resources, _alerts):
+        problems.extend(check(plan))
+    return problems
+
+
+def task_paths(plan: Plan) -> Iterator[tuple[TaskPath, Task]]:
+    for pi, phase in enumerate(plan.phases):
+        for mi, milestone in enumerate(phase.milestones):
+            for ti, task in enumerate(milestone.tasks):
+                yield ("phases", pi, "milestones", mi, "tasks", ti), task
+
+
+def _unique_ids(plan: Plan) -> Iterator[Problem]:
+    seen: dict[str, dict[str, Path]] = {"phase": {}, "milestone": {}, "task": {}}
+    for pi, phase in enumerate(plan.phases):
+        yield from _once(seen["phase"], "phase", phase.id, ("phases", pi, "id"))
+        for mi, milestone in enumerate(phase.milestones):
+            mpath = ("phases", pi, "milestones", mi)
+            yield from _once(seen["milestone"], "milestone", milestone.id, (*mpath, "id"))
+            for ti, task in enumerate(milestone.tasks):
+                yield from _once(seen["task"], "task", task.id, (*mpath, "tasks", ti, "id"))
+
+
+def _once(seen: dict[str, Path], kind: str, ident: str, path: Path) -> Iterator[Problem]:
+    first = seen.setdefault(ident, path)
+    if first is not path:
+        yield Problem(f"duplicate {kind} id {ident!r}", path, related=first)
+
+
+def _references(plan: Plan) -> Iterator[Problem]:
+    tasks = {t.id for t in plan.tasks()}
+    milestones = {m.id for m in plan.milestones()}
+    for pi, phase in enumerate(plan.phases):
+        for mi, milestone in enumerate(phase.milestones):
+            mpath: Path = ("phases", pi, "milestones", mi)
+            for ai, name in enumerate(milestone.after):
+                if name not in milestones:
+                    yield _unknown("milestone", name, (*mpath, "after", ai), milestones)
+    for path, task in task_paths(plan):
+        for ni, name in enumerate(task.needs):
+            if name not in tasks:
+                yield _unknown("task", name, (*path, "needs", ni), tasks)
+        if len(set(task.needs)) != len(task.needs):
+            yield Problem("needs lists a task more than once", (*path, "needs"), Severity.WARNING)
+
+
+def _unknown(kind: str, name: str, path: Path, known: set[str]) -> Problem:
+    return Problem(f"unknown {kind} {name!r}", path, hint=did_you_mean(name, known))
+
+
+def _agents(plan: Plan) -> Iterator[Problem]:
+    if not plan.agents:
+        yield Problem(
+            "the plan has no agents: it can be analysed but not run", ("version",), Severity.WARNING
+        )
+        return
+    capabilities = {c for a in plan.agents.values() for c in a.capabilities}
+    verdicts: dict[frozenset[str], str] = {}
+    for path, task in task_paths(plan):
+        for ri, cap in enumerate(task.requires):
+            if cap not in capabilities:
+                yield Problem(
+                    f"no agent has capability {cap!r}",
+                    (*path, "requires", ri),
+                    hint=did_you_mean(cap, capabilities),
+                )
+        need = frozenset(task.requires)
+        if need <= capabilities:
+            if need not in verdicts:
+                verdicts[need] = _who_can_run(plan, need)
+            if verdicts[need]:
+                yield Problem(verdicts[need], (*path, "requires"))
+    yield from _idle_agents(plan)
+
+
+def _who_can_run(plan: Plan, need: frozenset[str]) -> str:
+    """Empty when some agent with a free slot can run work needing ``need``; else why not."""
+    able = [a for a, spec in plan.agents.items() if need <= set(spec.capabilities)]
+    if not able:
+        wanted = ", ".join(sorted(need))
+        closest = min(plan.agents.items(), key=lambda kv: len(need - set(kv[1].capabilities)))
+        lacking = ", ".join(sorted(need - set(closest[1].capabilities)))
+        return (
+            f"no agent can ever run this task: none has all of [{wanted}] "
+            f"(closest: {closest[0]!r}, which lacks [{lacking}])"
+        )
+    if all(plan.agents[a].capacity == 0 for a in able):
+        return (
+            f"no agent can ever run this task: every able agent ({', '.join(able)}) has capacity 0"
+        )
+    return ""
+
+
+def _idle_agents(plan: Plan) -> Iterator[Problem]:
+    own_runner = all(t.run is not None for t in plan.tasks())
+    for name, spec in plan.agents.items():
+        if spec.runner is None and not own_runner:
+            yield Problem(
+                f"agent {name!r} has no runner: it can only take tasks that carry their own run:",
+                ("agents", name),
+                Severity.WARNING,
+            )
+
+
+def _resources(plan: Plan) -> Iterator[Problem]:
+    for path, task in task_paths(plan):
+        for name, units in task.resources.items():
+            where = (*path, "resources", name)
+            spec = plan.resources.get(name)
+            if spec is None:
+                yield Problem(
+                    f"unknown resource {name!r}",
+                    where,
+                    hint=did_you_mean(name, plan.resources),
+                    at_key=True,
+                )
+            elif spec.capacity is not None and units > spec.capacity:
+                yield Problem(
+                    f"needs {units} units of {name!r} but its capacity is {spec.capacity}: "
+                    "it could never start",
+                    where,
+                )
+            elif spec.rate is not None and units > spec.rate:
+                yield Problem(
+                    f"needs {units} units of rate limit {name!r} at once, more than the "
+                    f"{spec.rate:g} it allows per window: it could never start",
+                    where,
+                )
+
+
+def _alerts(plan: Plan) -> Iterator[Problem]:
+    seen: dict[str, Path] = {}
+    for i, rule in enumerate(plan.alerts):
+        yield from _once(seen, "alert", rule.name, ("alerts", i, "name"))

@@ -1,0 +1,351 @@
+"""The plan file's data model (format version 1), validated with pydantic.
+
+Every key that a plan may contain is declared here; unknown keys are errors
+(``extra="forbid"``) and types are strict, so ``overlap: "yes"`` or a misspelt
+``max_concurency`` never pass silently. Defaults that tasks inherit live in
+:class:`Defaults`; :meth:`Plan.effective` resolves them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic import Strict as StrictFlag
+
+from counterpoint.durations import parse_duration
+
+if TYPE_CHECKING:
+    from counterpoint.plan.graph import Graph
+
+ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]*$"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*(\d+(\.\d*)?|\.\d+)\s*[smhdw]?\s*$"},
+            ],
+            "description": "seconds, or a number with a unit s, m, h, d (24 h) or w (7 d)",
+        }
+    ),
+]
+Command = str | list[str]
+
+
+class Priority(StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for critical up to 3 for low: sorts most urgent first."""
+        return _PRIORITY_RANK[self]
+
+
+PriorityName = Annotated[Priority, StrictFlag(False)]
+_PRIORITY_RANK = {Priority.CRITICAL: 0, Priority.HIGH: 1, Priority.MEDIUM: 2, Priority.LOW: 3}
+
+
+class OnFailure(StrEnum):
+    BLOCK = "block"
+    FAIL_FAST = "fail_fast"
+    ROLLBACK_MILESTONE = "rollback_milestone"
+    ROLLBACK_PHASE = "rollback_phase"
+    ROLLBACK_RUN = "rollback_run"
+
+
+OnFailureName = Annotated[OnFailure, StrictFlag(False)]
+
+
+class Strict(BaseModel):
+    """Base of every plan model: unknown keys are errors, types are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=False)
+
+
+class Defaults(Strict):
+    """Task defaults, each overridable per task."""
+
+    priority: PriorityName = Priority.MEDIUM
+    retries: int = Field(default=2, ge=0)
+    timeout: Duration = 7200.0
+    on_failure: OnFailureName = OnFailure.BLOCK
+    estimate: Duration = 3600.0
+
+
+class Settings(Strict):
+    coordination: Literal["centralized", "contract_net"] = "centralized"
+    backend: Literal["local", "ray"] = "local"
+    heartbeat: Duration = 30.0
+    response_sla: Duration = 3600.0
+    status_every: Duration = 7200.0
+    #: At most this many tasks run at once across all agents (none: no global cap).
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+
+class Runner(Strict):
+    """How work is executed: exactly one of ``python``, ``shell`` or ``remote``."""
+
+    python: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="module:callable, called as callable(task, ctx)",
+    )
+    shell: Command | None = Field(default=None, description="command template, payload on stdin")
+    remote: bool | None = Field(default=None, description="a worker that connects over WebSocket")
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> Runner:
+        kinds = [k for k in ("python", "shell", "remote") if getattr(self, k) not in (None, False)]
+        if len(kinds) != 1:
+            found = ", ".join(kinds) if kinds else "none"
+            raise ValueError(
+                f"a runner needs exactly one of python, shell or remote (found {found})"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "python" if self.python else "shell" if self.shell else "remote"
+
+
+class AgentSpec(Strict):
+    capabilities: list[Id] = Field(default_factory=list)
+    capacity: int = Field(default=1, ge=0, description="tasks it runs at once")
+    runner: Runner | None = None
+    workspace: Literal["none", "tempdir", "worktree"] = "none"
+    description: str = ""
+
+
+class ResourceSpec(Strict):
+    """A counted resource (``capacity``) or a rate limit (``rate`` per ``per``), not both."""
+
+    capacity: int | None = Field(default=None, ge=0)
+    rate: float | None = Field(default=None, gt=0)
+    per: Duration | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _counted_or_rate(self) -> ResourceSpec:
+        if (self.capacity is None) == (self.rate is None):
+            raise ValueError("a resource needs either capacity (counted) or rate (rate limit)")
+        if self.per is not None and self.rate is None:
+            raise ValueError("per is only meaningful with rate")
+        if self.per is not None and self.per <= 0:
+            raise ValueError("per must be longer than 0s")
+        return self
+
+    @property
+    def is_rate(self) -> bool:
+        return self.rate is not None
+
+    @property
+    def window_s(self) -> float:
+        """The rate window in seconds (``per``, one second when not given)."""
+        return self.per if self.per is not None else 1.0
+
+
+class MetricCondition(Strict):
+    kind: Literal["metric"]
+    metric: str = Field(min_length=1)
+    op: Literal["==", "!=", "<", "<=", ">", ">="] = "=="
+    value: float
+    name: str = ""
+
+
+class CommandCondition(Strict):
+    kind: Literal["command"]
+    run: Command
+    timeout: Duration | None = None
+    name: str = ""
+
+
+class ApprovalCondition(Strict):
+    kind: Literal["approval"]
+    approvers: list[Id] = Field(min_length=1)
+    count: int = Field(default=1, ge=1)
+    name: str = ""
+
+    @model_validator(mode="after")
+    def _count_reachable(self) -> ApprovalCondition:
+        if self.count > len(self.approvers):
+            raise ValueError(
+                f"count {self.count} is more than the {len(self.approvers)} approvers named"
+            )
+        return self
+
+
+Condition = Annotated[
+    MetricCondition | CommandCondition | ApprovalCondition, Field(discriminator="kind")
+]
+
+
+class Gate(Strict):
+    conditions: list[Condition] = Field(default_factory=list)
+    timeout: Duration | None = None
+
+
+class StatePolicy(Strict):
+    key: str = Field(min_length=1, description="key pattern, * matches any run of characters")
+    policy: Literal["priority", "first-writer", "last-writer", "merge", "vote", "escalate"]
+    reducer: str | None = None
+    voters: list[Id] = Field(default_factory=list)
+
+
+class SharedState(Strict):
+    policies: list[StatePolicy] = Field(default_factory=list)
+    default: Literal["priority", "first-writer", "last-writer", "merge", "vote", "escalate"] = (
+        "escalate"
+    )
+
+
+class EscalationLevel(Strict):
+    name: Id
+    contacts: list[str] = Field(min_length=1)
+    timeout: Duration | None = None
+
+
+class Escalation(Strict):
+    timeout: Duration = 3600.0
+    levels: list[EscalationLevel] = Field(default_factory=list)
+
+
+class AlertRule(Strict):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: Id
+    metric: str = Field(min_length=1)
+    op: Literal["==", "!=", "<", "<=", ">", ">="] = ">"
+    threshold: float
+    for_: Duration = Field(default=0.0, alias="for")
+    severity: Literal["critical", "warning", "info"] = "warning"
+
+
+class Task(Strict):
+    id: Id
+    name: str = ""
+    description: str = ""
+    needs: list[Id] = Field(default_factory=list)
+    requires: list[Id] = Field(default_factory=list)
+    priority: PriorityName | None = None
+    estimate: Duration | None = None
+    resources: dict[Id, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    instructions: str = ""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    reads: list[str] = Field(default_factory=list)
+    writes: list[str] = Field(default_factory=list)
+    timeout: Duration | None = None
+    retries: int | None = Field(default=None, ge=0)
+    on_failure: OnFailureName | None = None
+    run: Runner | None = None
+    rollback: Runner | None = None
+
+    @property
+    def title(self) -> str:
+        return self.name or self.id
+
+
+class Milestone(Strict):
+    id: Id
+    name: str = ""
+    description: str = ""
+    after: list[Id] = Field(default_factory=list)
+    tasks: list[Task] = Field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return self.name or self.id
+
+
+class Phase(Strict):
+    id: Id
+    name: str = ""
+    description: str = ""
+    overlap: bool = False
+    entry_gate: Gate | None = None
+    exit_gate: Gate | None = None
+    milestones: list[Milestone] = Field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return self.name or self.id
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSettings:
+    """A task's settings with the plan's defaults filled in."""
+
+    priority: Priority
+    estimate_s: float
+    timeout_s: float
+    retries: int
+    on_failure: OnFailure
+
+
+class Plan(Strict):
+    version: Literal[1]
+    name: str = Field(min_length=1)
+    description: str = ""
+    defaults: Defaults = Field(default_factory=Defaults)
+    settings: Settings = Field(default_factory=Settings)
+    agents: dict[Id, AgentSpec] = Field(default_factory=dict)
+    resources: dict[Id, ResourceSpec] = Field(default_factory=dict)
+    shared_state: SharedState = Field(default_factory=SharedState)
+    escalation: Escalation = Field(default_factory=Escalation)
+    alerts: list[AlertRule] = Field(default_factory=list)
+    phases: list[Phase] = Field(min_length=1)
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source_path(self) -> Path | None:
+        """The file the plan was read from (None when it came from a string)."""
+        return self._source
+
+    def compile(self) -> Graph:
+        """The plan as an integer-indexed DAG; raises ``PlanError`` listing every cycle."""
+        from counterpoint.plan.graph import Graph
+
+        return Graph(self)
+
+    def tasks(self) -> list[Task]:
+        """Every task, in plan order (phase, milestone, task)."""
+        return [t for p in self.phases for m in p.milestones for t in m.tasks]
+
+    def milestones(self) -> list[Milestone]:
+        return [m for p in self.phases for m in p.milestones]
+
+    def effective(self, task: Task) -> TaskSettings:
+        d = self.defaults
+        return TaskSettings(
+            priority=task.priority or d.priority,
+            estimate_s=d.estimate if task.estimate is None else task.estimate,
+            timeout_s=d.timeout if task.timeout is None else task.timeout,
+            retries=d.retries if task.retries is None else task.retries,
+            on_failure=task.on_failure or d.on_failure,
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "phases": len(self.phases),
+            "milestones": sum(len(p.milestones) for p in self.phases),
+            "tasks": sum(len(m.tasks) for p in self.phases for m in p.milestones),
+            "agents": len(self.agents),
+        }
