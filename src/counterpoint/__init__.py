@@ -7,11 +7,13 @@ from counterpoint.plan import (
     Plan,
     Schedule,
     check_file,
+    check_text,
     compile_plan,
     load_plan,
     parse_plan,
     schedule,
 )
+from counterpoint.plan.analysis import overlap_opportunities, parallel_matrix
 
 __version__ = "0.1.0"
 
@@ -26,8 +28,11 @@ __all__ = [
     "ScheduleError",
     "__version__",
     "check_file",
+    "check_text",
     "compile_plan",
     "load_plan",
+    "overlap_opportunities",
+    "parallel_matrix",
     "parse_plan",
     "schedule",
 ]

@@ -25,8 +25,8 @@ from counterpoint.plan.schedule import Schedule, schedule
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 3
 
-out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_INVALID) -> NoReturn:
@@ -108,7 +108,7 @@ def _check_json(report: CheckReport) -> dict[str, Any]:
     type=click.IntRange(min=0),
     default=40,
     show_default=True,
-    help="Rows per table (0 shows everything).",
+    help="Rows of the task table, and tasks per matrix or overlap cell (0 shows everything).",
 )
 def plan(plan: str, as_json: bool, gantt: str | None, limit: int) -> None:
     """Analyse PLAN: critical path, slack, parallel matrix, overlaps and a feasible schedule."""

@@ -6,7 +6,9 @@ import math
 import re
 
 UNITS: dict[str, float] = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw])\s*$")
+#: A duration string: a plain decimal number with an optional unit (no sign, exponent or _).
+DURATION_PATTERN = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*$"
+_PATTERN = re.compile(DURATION_PATTERN)
 
 
 class DurationError(ValueError):
@@ -33,18 +35,13 @@ def parse_duration(value: object) -> float:
 
 
 def _parse_text(text: str) -> float:
-    stripped = text.strip()
-    try:
-        return float(stripped)
-    except ValueError:
-        pass
-    match = _PATTERN.match(stripped)
+    match = _PATTERN.match(text)
     if match is None:
         raise DurationError(
             f"bad duration {text!r}: expected seconds or a number with a unit "
             "s, m, h, d or w (for example 90s, 30m, 1.5h, 3d)"
         )
-    return float(match.group(1)) * UNITS[match.group(2)]
+    return float(match.group(1)) * UNITS[match.group(2) or "s"]
 
 
 def format_duration(seconds: float) -> str:

@@ -93,17 +93,17 @@ def _more(hidden: int) -> str:
     return f"{hidden} more tasks not shown (--limit 0 shows all)" if hidden > 0 else ""
 
 
-def matrix_tables(graph: Graph, rows: Sequence[MilestoneRow], limit: int) -> list[Table]:
+def matrix_tables(graph: Graph, rows: Sequence[MilestoneRow], limit: int) -> list[Table | Text]:
     """The parallel execution matrix, one table per phase as in the seed's section 1.1."""
     days = Clock(graph.critical_path_s)
-    tables = []
+    tables: list[Table | Text] = [
+        Text("Parallel execution matrix", style="bold"),
+    ]
     for phase in graph.plan.phases:
         mine = [r for r in rows if r.phase == phase.id]
         start = min((r.start_s for r in mine), default=0.0)
         finish = max((r.finish_s for r in mine), default=0.0)
-        table = Table(
-            title=f"Phase {phase.title}: {days(start)} - {days(finish)}", show_lines=True
-        )
+        table = Table(title=f"Phase {phase.title}: {days(start)} - {days(finish)}", show_lines=True)
         for column in ("milestone", "parallel tasks (wave: side by side)", "after", "resources"):
             table.add_column(column)
         for row in mine:

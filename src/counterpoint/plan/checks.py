@@ -42,10 +42,12 @@ def _unique_ids(plan: Plan) -> Iterator[Problem]:
                 yield from _once(seen["task"], "task", task.id, (*mpath, "tasks", ti, "id"))
 
 
-def _once(seen: dict[str, Path], kind: str, ident: str, path: Path) -> Iterator[Problem]:
+def _once(
+    seen: dict[str, Path], kind: str, ident: str, path: Path, key: str = "id"
+) -> Iterator[Problem]:
     first = seen.setdefault(ident, path)
     if first is not path:
-        yield Problem(f"duplicate {kind} id {ident!r}", path, related=first)
+        yield Problem(f"duplicate {kind} {key} {ident!r}", path, related=first)
 
 
 def _references(plan: Plan) -> Iterator[Problem]:
@@ -72,7 +74,7 @@ def _unknown(kind: str, name: str, path: Path, known: set[str]) -> Problem:
 def _agents(plan: Plan) -> Iterator[Problem]:
     if not plan.agents:
         yield Problem(
-            "the plan has no agents: it can be analysed but not run", ("version",), Severity.WARNING
+            "the plan has no agents: it can be analysed but not run", (), Severity.WARNING
         )
         return
     capabilities = {c for a in plan.agents.values() for c in a.capabilities}
@@ -152,4 +154,4 @@ def _resources(plan: Plan) -> Iterator[Problem]:
 def _alerts(plan: Plan) -> Iterator[Problem]:
     seen: dict[str, Path] = {}
     for i, rule in enumerate(plan.alerts):
-        yield from _once(seen, "alert", rule.name, ("alerts", i, "name"))
+        yield from _once(seen, "alert", rule.name, ("alerts", i, "name"), key="name")

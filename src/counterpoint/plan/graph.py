@@ -16,8 +16,8 @@ from enum import IntEnum
 import numpy as np
 from numpy.typing import NDArray
 
-from counterpoint.errors import PlanError, Problem
-from counterpoint.plan.model import Plan
+from counterpoint.errors import PlanError
+from counterpoint.plan.model import Plan, Priority
 
 EPS = 1e-9
 
@@ -74,9 +74,11 @@ class Graph:
                 self.phase_of_milestone.append(pi)
                 self.phase_of_task.extend([pi] * len(m.tasks))
                 self.milestone_of_task.extend([len(self.phase_of_milestone) - 1] * len(m.tasks))
-        settings = [plan.effective(t) for t in tasks]
-        self.duration = [s.estimate_s for s in settings] + [0.0] * (self.n_nodes - self.n_tasks)
-        self.priority_rank = [s.priority.rank for s in settings]
+        d = plan.defaults
+        self.duration = [d.estimate if t.estimate is None else t.estimate for t in tasks]
+        self.duration += [0.0] * (self.n_nodes - self.n_tasks)
+        rank = {p: p.rank for p in Priority}
+        self.priority_rank = [rank[t.priority or d.priority] for t in tasks]
         edges = self._edges()
         src = np.asarray(edges.src, dtype=np.int64)
         dst = np.asarray(edges.dst, dtype=np.int64)
@@ -285,8 +287,8 @@ class Graph:
 
 
 def compile_plan(plan: Plan) -> Graph:
-    """Compile a validated plan; raises :class:`PlanError` listing every cycle."""
-    return Graph(plan)
+    """``plan.compile()``: raises :class:`PlanError` listing every broken reference and cycle."""
+    return plan.compile()
 
 
-__all__ = ["Graph", "NodeKind", "Problem", "compile_plan"]
+__all__ = ["Graph", "NodeKind", "compile_plan"]

@@ -6,7 +6,7 @@ from typing import Any
 
 from counterpoint.plan.model import Plan
 
-SCHEMA_ID = "https://counterpoint.dev/schema/plan-v1.json"
+SCHEMA_ID = "urn:counterpoint:plan:v1"
 
 
 def plan_json_schema() -> dict[str, Any]:
@@ -15,6 +15,6 @@ def plan_json_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
-        "title": "counterpoint plan (format version 1)",
         **schema,
+        "title": "counterpoint plan (format version 1)",
     }

@@ -19,6 +19,7 @@ from counterpoint.errors import PlanError, Problem, Severity
 from counterpoint.plan.checks import check_plan
 from counterpoint.plan.graph import Graph
 from counterpoint.plan.model import Plan
+from counterpoint.plan.repair import is_artifact, repaired_plan
 from counterpoint.plan.schema_errors import problems_from_validation
 from counterpoint.plan.source import Locator, SourceError, parse_document
 
@@ -85,18 +86,22 @@ def _validate(data: Any, report: CheckReport) -> list[Problem]:
     if not isinstance(data, dict):
         what = "an empty document" if data is None else f"a {type(data).__name__}"
         return [Problem(f"a plan must be a mapping with version, name and phases, got {what}")]
+    problems: list[Problem] = []
     try:
-        plan = Plan.model_validate(data)
+        plan: Plan | None = Plan.model_validate(data)
     except ValidationError as exc:
-        return problems_from_validation(exc)
-    problems = check_plan(plan)
-    if any(p.severity is Severity.ERROR for p in problems):
+        problems = problems_from_validation(exc)
+        plan = repaired_plan(data, problems)
+    if plan is None:
         return problems
+    valid = not problems
+    problems += [p for p in check_plan(plan) if not is_artifact(p)]
     try:
-        report.graph = plan.compile()
+        graph = plan.compile(check=False)
     except PlanError as exc:
-        return problems + exc.problems
-    report.plan = plan
+        return problems + [p for p in exc.problems if not is_artifact(p)]
+    if valid and not any(p.severity is Severity.ERROR for p in problems):
+        report.plan, report.graph = plan, graph
     return problems
 
 

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic import Strict as StrictFlag
 
-from counterpoint.durations import parse_duration
+from counterpoint.durations import DURATION_PATTERN, parse_duration
 
 if TYPE_CHECKING:
     from counterpoint.plan.graph import Graph
@@ -39,7 +39,7 @@ Duration = Annotated[
         {
             "anyOf": [
                 {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": r"^\s*(\d+(\.\d*)?|\.\d+)\s*[smhdw]?\s*$"},
+                {"type": "string", "pattern": DURATION_PATTERN},
             ],
             "description": "seconds, or a number with a unit s, m, h, d (24 h) or w (7 d)",
         }
@@ -229,8 +229,6 @@ class Escalation(Strict):
 
 
 class AlertRule(Strict):
-    model_config = ConfigDict(populate_by_name=True)
-
     name: Id
     metric: str = Field(min_length=1)
     op: Literal["==", "!=", "<", "<=", ">", ">="] = ">"
@@ -319,10 +317,20 @@ class Plan(Strict):
         """The file the plan was read from (None when it came from a string)."""
         return self._source
 
-    def compile(self) -> Graph:
-        """The plan as an integer-indexed DAG; raises ``PlanError`` listing every cycle."""
+    def compile(self, *, check: bool = True) -> Graph:
+        """The plan as an integer-indexed DAG.
+
+        Raises ``PlanError`` listing every cycle and, unless ``check`` is false (the loader
+        has already checked), every broken reference or unrunnable task.
+        """
+        from counterpoint.errors import PlanError, Severity
+        from counterpoint.plan.checks import check_plan
         from counterpoint.plan.graph import Graph
 
+        if check:
+            errors = [p for p in check_plan(self) if p.severity is Severity.ERROR]
+            if errors:
+                raise PlanError(errors)
         return Graph(self)
 
     def tasks(self) -> list[Task]:

@@ -105,7 +105,7 @@ def _message(
     if kind in ("enum", "literal_error"):
         return _choice_message(value, ctx, loc)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        choices = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+        choices = _tags_at(loc)
         if kind == "union_tag_not_found":
             return f"missing key 'kind' (one of {', '.join(choices)})", ""
         return (
@@ -201,6 +201,16 @@ def _data_path(loc: tuple[Any, ...]) -> tuple[Path, bool]:
         path.append(part)
         tp = _step(tp, part) if tp is not None else None
     return tuple(path), branched
+
+
+def _tags_at(loc: tuple[Any, ...]) -> list[str]:
+    """The ``kind`` values of the tagged union at ``loc`` (the kinds a gate condition can have)."""
+    current: Any = Plan
+    for part in loc:
+        if current is None:
+            return []
+        current = _step(current, part)
+    return [tag for arg in _union_args(current) if (tag := _tag_of(arg)) is not None]
 
 
 def _union_args(tp: Any) -> tuple[Any, ...]:
