@@ -211,6 +211,8 @@ def schema(output: str | None) -> None:
 
 
 def main() -> None:
+    from counterpoint import cli_run  # noqa: F401 - registers the run commands
+
     try:
         cli.main(prog_name="counterpoint", standalone_mode=False)
     except click.exceptions.Abort:

@@ -51,6 +51,13 @@ def format_duration(seconds: float) -> str:
     for unit in ("w", "d", "h", "m"):
         size = UNITS[unit]
         if seconds >= size:
-            amount = seconds / size
-            return f"{amount:.4g}{unit}" if amount != int(amount) else f"{int(amount)}{unit}"
-    return f"{seconds:.4g}s"
+            return f"{_number(seconds / size)}{unit}"
+    return f"{_number(seconds)}s"
+
+
+def _number(amount: float) -> str:
+    """Up to four significant digits, never in exponent form (so it parses back)."""
+    text = f"{amount:.4g}"
+    if "e" in text:
+        text = f"{amount:.0f}" if amount >= 1 else f"{amount:.9f}".rstrip("0").rstrip(".")
+    return text or "0"

@@ -19,7 +19,7 @@ from counterpoint.errors import PlanError, Problem, Severity
 from counterpoint.plan.checks import check_plan
 from counterpoint.plan.graph import Graph
 from counterpoint.plan.model import Plan
-from counterpoint.plan.repair import is_artifact, repaired_plan
+from counterpoint.plan.repair import Repair, is_artifact
 from counterpoint.plan.schema_errors import problems_from_validation
 from counterpoint.plan.source import Locator, SourceError, parse_document
 
@@ -87,19 +87,21 @@ def _validate(data: Any, report: CheckReport) -> list[Problem]:
         what = "an empty document" if data is None else f"a {type(data).__name__}"
         return [Problem(f"a plan must be a mapping with version, name and phases, got {what}")]
     problems: list[Problem] = []
+    artifact = is_artifact
     try:
         plan: Plan | None = Plan.model_validate(data)
     except ValidationError as exc:
         problems = problems_from_validation(exc)
-        plan = repaired_plan(data, problems)
+        repair = Repair(data, problems)
+        plan, artifact = repair.plan, repair.is_artifact
     if plan is None:
         return problems
     valid = not problems
-    problems += [p for p in check_plan(plan) if not is_artifact(p)]
+    problems += [p for p in check_plan(plan) if not artifact(p)]
     try:
         graph = plan.compile(check=False)
     except PlanError as exc:
-        return problems + [p for p in exc.problems if not is_artifact(p)]
+        return problems + [p for p in exc.problems if not artifact(p)]
     if valid and not any(p.severity is Severity.ERROR for p in problems):
         report.plan, report.graph = plan, graph
     return problems

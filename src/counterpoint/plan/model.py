@@ -99,6 +99,11 @@ class Settings(Strict):
     status_every: Duration = 7200.0
     #: At most this many tasks run at once across all agents (none: no global cap).
     max_concurrency: int | None = Field(default=None, ge=1)
+    #: A ready task that waited this long moves up one priority class (and so on).
+    aging: Duration = 600.0
+    #: First retry delay; doubles per failed attempt (with jitter) up to retry_backoff_max.
+    retry_backoff: Duration = 1.0
+    retry_backoff_max: Duration = 300.0
 
 
 class Runner(Strict):
@@ -111,6 +116,12 @@ class Runner(Strict):
     )
     shell: Command | None = Field(default=None, description="command template, payload on stdin")
     remote: bool | None = Field(default=None, description="a worker that connects over WebSocket")
+    use_shell: bool = Field(
+        default=False,
+        description="run the shell command through /bin/sh (placeholders are shell-quoted)",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    cwd: str | None = Field(default=None, description="working directory, relative to the plan")
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Runner:
@@ -141,14 +152,19 @@ class ResourceSpec(Strict):
     capacity: int | None = Field(default=None, ge=0)
     rate: float | None = Field(default=None, gt=0)
     per: Duration | None = None
+    usage: str | None = Field(
+        default=None,
+        min_length=1,
+        description="draw the rate limit by this usage figure that tasks report (e.g. tokens)",
+    )
     description: str = ""
 
     @model_validator(mode="after")
     def _counted_or_rate(self) -> ResourceSpec:
         if (self.capacity is None) == (self.rate is None):
             raise ValueError("a resource needs either capacity (counted) or rate (rate limit)")
-        if self.per is not None and self.rate is None:
-            raise ValueError("per is only meaningful with rate")
+        if (self.per is not None or self.usage is not None) and self.rate is None:
+            raise ValueError("per and usage are only meaningful with rate")
         if self.per is not None and self.per <= 0:
             raise ValueError("per must be longer than 0s")
         return self

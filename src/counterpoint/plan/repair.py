@@ -28,24 +28,41 @@ _REMOVED = object()
 _ID_LISTS = ("phases", "milestones", "tasks")
 
 
-def repaired_plan(data: dict[str, Any], problems: list[Problem]) -> Plan | None:
-    """A plan built from ``data`` with every value named in ``problems`` taken out, if possible."""
-    fixed = copy.deepcopy(data)
-    counter = [0]
-    for _ in range(_ROUNDS):
-        for problem in problems:
-            if not _repair(fixed, problem, counter):
-                return None
-        _compact(fixed)
+class Repair:
+    """A plan rebuilt from data whose invalid values were taken out, and where they were."""
+
+    def __init__(self, data: dict[str, Any], problems: list[Problem]) -> None:
+        self.touched: set[Path] = set()
+        self.plan: Plan | None = None
         try:
-            return Plan.model_validate(fixed)
-        except ValidationError as exc:
-            problems = problems_from_validation(exc)
-    return None
+            self.plan = self._rebuild(copy.deepcopy(data), problems)
+        except RecursionError:
+            self.plan = None
+
+    def _rebuild(self, fixed: dict[str, Any], problems: list[Problem]) -> Plan | None:
+        counter = [0]
+        for _ in range(_ROUNDS):
+            for problem in problems:
+                self.touched.add(problem.path)
+                if not _repair(fixed, problem, counter):
+                    return None
+            _compact(fixed)
+            try:
+                return Plan.model_validate(fixed)
+            except ValidationError as exc:
+                problems = problems_from_validation(exc)
+        return None
+
+    def is_artifact(self, problem: Problem) -> bool:
+        """True for a problem that only exists because a value was taken out."""
+        if PLACEHOLDER in problem.message:
+            return True
+        path = problem.path
+        return bool(path) and any(t[: len(path)] == path for t in self.touched)
 
 
 def is_artifact(problem: Problem) -> bool:
-    """True for a problem that only exists because a value was taken out."""
+    """True for a problem about a placeholder the repair invented."""
     return PLACEHOLDER in problem.message
 
 

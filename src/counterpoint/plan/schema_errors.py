@@ -61,18 +61,20 @@ def describe(value: Any) -> str:
 def problems_from_validation(exc: ValidationError) -> list[Problem]:
     """One problem per wrong value (the branches of ``str | list[str]`` merged into one)."""
     problems: list[Problem] = []
-    branched_paths: set[Path] = set()
+    branches: dict[Path, list[tuple[Path, ErrorDetails]]] = {}
     for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        path, branched = _data_path(loc)
-        if branched:
-            if path in branched_paths:
-                continue
-            branched_paths.add(path)
-            value = describe(err.get("input"))
-            problems.append(Problem(f"expected a string or a list of strings, got {value}", path))
+        path, branch_at = _data_path(tuple(err["loc"]))
+        if branch_at is None:
+            problems.append(_translate(err, path))
+        else:
+            branches.setdefault(path[:branch_at], []).append((path, err))
+    for base, found in branches.items():
+        path, err = max(found, key=lambda item: len(item[0]))
+        if len(path) > len(base):  # a bad item inside the list: say which
+            problems.append(_translate(err, path))
             continue
-        problems.append(_translate(err, path))
+        value = describe(err.get("input"))
+        problems.append(Problem(f"expected a string or a list of strings, got {value}", base))
     return problems
 
 
@@ -180,27 +182,36 @@ def _bad_key(err: ErrorDetails, path: Path) -> Problem:
     return Problem(message, path, hint=hint, at_key=True)
 
 
-def _data_path(loc: tuple[Any, ...]) -> tuple[Path, bool]:
+def _data_path(loc: tuple[Any, ...]) -> tuple[Path, int | None]:
     """Pydantic's ``loc`` as a data path, without the union branch names it inserts.
 
-    The flag is true when the loc went through an untagged union (``str | list[str]``),
-    whose branches each report an error of their own for the same value.
+    The second value is where the path went through an untagged union (``str | list[str]``),
+    whose branches each report an error of their own for the same value (None if it did not).
     """
     path: list[str | int] = []
     tp: Any = Plan
-    branched = False
+    branch_at: int | None = None
     for part in loc:
         if part == "[key]":
             break
         union = _union_args(tp)
         if union and isinstance(part, str):
             tagged = [a for a in union if _tag_of(a) == part]
-            branched = branched or not tagged
-            tp = tagged[0] if tagged else None
+            if not tagged and branch_at is None:
+                branch_at = len(path)
+            tp = tagged[0] if tagged else _branch(union, part)
             continue
         path.append(part)
         tp = _step(tp, part) if tp is not None else None
-    return tuple(path), branched
+    return tuple(path), branch_at
+
+
+def _branch(union: tuple[Any, ...], name: str) -> Any:
+    """The union member pydantic names ``name`` (``str``, ``list[str]``), for walking on."""
+    for arg in union:
+        if name in (getattr(arg, "__name__", None), str(arg)):
+            return arg
+    return None
 
 
 def _tags_at(loc: tuple[Any, ...]) -> list[str]:

@@ -128,6 +128,14 @@ def parse_document(text: str, name: str) -> tuple[Any, list[Problem]]:
     Duplicate keys are reported, all of them, while the rest of the document is still read.
     """
     text = text.removeprefix("\ufeff")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        line = text.count("\n", 0, exc.start) + 1
+        column = exc.start - (text.rfind("\n", 0, exc.start) + 1) + 1
+        raise SourceError(
+            [_problem(name, "the plan is not valid UTF-8 text", line, column)]
+        ) from None
     if is_json(name, text):
         return _parse_json(text, name)
     if _yaml_rs is not None:
@@ -159,6 +167,8 @@ def _parse_json(text: str, name: str) -> tuple[Any, list[Problem]]:
         ) from None
     except RecursionError:
         raise SourceError([_problem(name, "invalid JSON: nested too deeply", 1, 1)]) from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts
+        raise SourceError([_problem(name, f"invalid JSON: {exc}", 1, 1)]) from None
     if not duplicated:
         return data, []
     try:  # JSON is YAML: the marked reader says where each duplicate is

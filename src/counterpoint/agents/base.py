@@ -1,0 +1,106 @@
+"""The contract between the run engine and whatever executes a task.
+
+A runner is an async callable taking a :class:`TaskContext` and returning the
+task's result (a JSON-able dict). It signals failure by raising
+:class:`TaskFailed` (or any exception), a rate limit by raising
+:class:`RateLimited`, and must stop its work promptly when cancelled
+(``asyncio.CancelledError``), killing anything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from counterpoint.errors import CounterpointError
+from counterpoint.plan.model import Task
+
+
+class TaskFailed(CounterpointError):
+    """The task's work failed; the message says why (it is journaled and shown)."""
+
+
+class RateLimited(CounterpointError):
+    """The work hit a rate limit: re-queue the task after ``retry_after_s`` seconds.
+
+    The buckets of the rate-limited resources the task holds are drained for the
+    same time, so every other agent drawing on them backs off too. A rate limit
+    does not use up one of the task's retries.
+    """
+
+    def __init__(self, retry_after_s: float, message: str = "") -> None:
+        super().__init__(message or f"rate limited: retry after {retry_after_s:g}s")
+        self.retry_after_s = max(0.0, float(retry_after_s))
+
+
+ProgressSink = Callable[[str, float, str], None]
+
+
+@dataclass
+class TaskContext:
+    """Everything a running task may know or do, handed to its runner."""
+
+    run_id: str
+    task: Task
+    attempt: int
+    agent: str | None
+    state_dir: Path
+    workdir: Path
+    log_dir: Path
+    time_scale: float = 1.0
+    estimate_s: float = 0.0
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("counterpoint.task"))
+    on_progress: ProgressSink | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.task.id
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.task.inputs
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts and resumes of the same task in the same run."""
+        return f"{self.run_id}:{self.task.id}"
+
+    def progress(self, percent: float, message: str = "") -> None:
+        """Report progress (0-100); shown live and journaled."""
+        if self.on_progress is not None:
+            self.on_progress(self.task.id, max(0.0, min(100.0, float(percent))), message)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` of plan time (multiplied by the run's time scale)."""
+        await asyncio.sleep(max(0.0, seconds * self.time_scale))
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON a shell or remote agent receives on stdin."""
+        t = self.task
+        return {
+            "run_id": self.run_id,
+            "attempt": self.attempt,
+            "agent": self.agent,
+            "idempotency_key": self.idempotency_key,
+            "time_scale": self.time_scale,
+            "task": {
+                "id": t.id,
+                "name": t.title,
+                "instructions": t.instructions,
+                "inputs": t.inputs,
+                "requires": t.requires,
+                "reads": t.reads,
+                "writes": t.writes,
+                "estimate_s": self.estimate_s,
+            },
+        }
+
+
+class Runner(Protocol):
+    """Executes one attempt of a task."""
+
+    async def __call__(self, ctx: TaskContext) -> dict[str, Any]: ...

@@ -1,0 +1,372 @@
+"""Commands that run plans and steer runs: run, resume, status, cancel, logs, agent-state,
+approve, reject. Each works against a state directory, from any terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from counterpoint import live
+from counterpoint.cli import EXIT_INVALID, EXIT_OK, cli, err, fail, out
+from counterpoint.errors import CounterpointError, PlanError
+from counterpoint.plan.load import load_plan
+from counterpoint.runtime.events import RunObserver
+from counterpoint.runtime.orchestrator import RunOptions, task_log_dir
+from counterpoint.runtime.session import (
+    default_state_dir,
+    latest,
+    lock_holder,
+    resume_run,
+    start_run,
+)
+from counterpoint.store.sqlite import RunRecord, SqliteStore, StateDirError
+from counterpoint.views import problems_text
+
+STATE_HELP = "State directory (default: .counterpoint next to the plan, or in the current folder)."
+
+
+def state_option(func: Any) -> Any:
+    return click.option(
+        "--state",
+        "state",
+        type=click.Path(file_okay=False),
+        envvar="COUNTERPOINT_STATE",
+        help=STATE_HELP,
+    )(func)
+
+
+def _state_dir(state: str | None) -> Path:
+    return Path(state) if state else Path(".counterpoint")
+
+
+def _open(state: str | None) -> tuple[SqliteStore, RunRecord]:
+    directory = _state_dir(state)
+    try:
+        store = SqliteStore(directory, create=False)
+        return store, latest(store, directory)
+    except CounterpointError as exc:
+        fail(str(exc))
+
+
+def _output_options(func: Any) -> Any:
+    func = click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")(func)
+    func = click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")(func)
+    return func
+
+
+@cli.command()
+@click.argument("plan", type=click.Path(dir_okay=False))
+@state_option
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Multiply plan time (estimates, timeouts) by this factor, e.g. 1e-5 for a quick demo.",
+)
+@click.option("--approve-as", metavar="NAME", help="Approve every approval gate as NAME.")
+@click.option(
+    "--sync",
+    type=click.Choice(["full", "normal"]),
+    default="full",
+    show_default=True,
+    help="Journal durability: full survives power loss; normal only process crashes.",
+)
+@_output_options
+def run(
+    plan: str,
+    state: str | None,
+    time_scale: float,
+    approve_as: str | None,
+    sync: str,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Run PLAN on its agents: every task starts as soon as its own dependencies are done."""
+    path = Path(plan)
+    directory = Path(state) if state else default_state_dir(path)
+    options = RunOptions(time_scale=time_scale, approve_as=approve_as)
+    _execute(
+        lambda observers: start_run(path, directory, options, observers, sync=sync),
+        path,
+        directory,
+        quiet,
+        as_json,
+    )
+
+
+@cli.command()
+@state_option
+@click.option("--allow-changed-plan", is_flag=True, help="Resume even if the plan file changed.")
+@click.option("--retry-failed", is_flag=True, help="Run failed tasks again (and what they block).")
+@_output_options
+def resume(
+    state: str | None, allow_changed_plan: bool, retry_failed: bool, quiet: bool, as_json: bool
+) -> None:
+    """Continue the latest run after an interruption or a crash; finished work is not redone."""
+    store, record = _open(state)
+    store.close()
+    stored = record.options
+    options = RunOptions(
+        time_scale=float(stored.get("time_scale", 1.0)),
+        approve_as=stored.get("approve_as"),
+        retry_failed=retry_failed,
+    )
+    directory = _state_dir(state)
+    _execute(
+        lambda observers: resume_run(directory, options, observers, allow_changed_plan),
+        Path(record.plan_path),
+        directory,
+        quiet,
+        as_json,
+    )
+
+
+def _execute(start: Any, plan_path: Path, directory: Path, quiet: bool, as_json: bool) -> None:
+    observers: list[RunObserver] = []
+    display = None
+    try:
+        if as_json:
+            observers.append(live.JsonLines())
+        elif not quiet:
+            graph = load_plan(plan_path).compile(check=False)
+            display = live.LiveDisplay(graph, err)
+            observers.append(display)
+        if display is not None:
+            with display:
+                code = start(observers)
+        else:
+            code = start(observers)
+    except PlanError as exc:
+        err.print(problems_text(exc.problems), end="")
+        sys.exit(EXIT_INVALID)
+    except (CounterpointError, ImportError) as exc:
+        fail(str(exc))
+    if not as_json:
+        _print_summary(directory)
+    sys.exit(code)
+
+
+def _print_summary(directory: Path) -> None:
+    store = SqliteStore(directory, create=False)
+    try:
+        record = latest(store, directory)
+        tasks = store.tasks(record.id)
+    finally:
+        store.close()
+    counts: dict[str, int] = {}
+    for rec in tasks.values():
+        counts[rec.state] = counts.get(rec.state, 0) + 1
+    per_phase = _per_phase(record, tasks)
+    out.print(live.summary_table(counts, per_phase))
+    for rec in sorted(tasks.values(), key=lambda r: r.task):
+        if rec.state in ("failed", "blocked"):
+            why = rec.error if rec.state == "failed" else f"blocked by {rec.blocked_by}"
+            out.print(f"[red]{rec.state}[/] {rec.task}: {why}")
+    out.print(f"run {record.id}: {record.status} (state in {directory})")
+
+
+def _per_phase(record: RunRecord, tasks: dict[str, Any]) -> list[tuple[str, dict[str, int]]]:
+    try:
+        plan = load_plan(record.plan_path)
+    except PlanError:
+        return []
+    rows = []
+    for phase in plan.phases:
+        tally: dict[str, int] = {}
+        for m in phase.milestones:
+            for t in m.tasks:
+                state = tasks[t.id].state if t.id in tasks else "pending"
+                state = "pending" if state in ("ready", "running", "retrying") else state
+                tally[state] = tally.get(state, 0) + 1
+        rows.append((phase.id, tally))
+    return rows
+
+
+@cli.command()
+@state_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
+def status(state: str | None, as_json: bool) -> None:
+    """Show the latest run: counts per state, running tasks, blocked tasks and why."""
+    store, record = _open(state)
+    try:
+        tasks = store.tasks(record.id)
+        agents = store.agent_states(record.id)
+    finally:
+        store.close()
+    alive = lock_holder(_state_dir(state)) is not None
+    report = _status_report(record, tasks, agents, alive)
+    if as_json:
+        out.print_json(data=report)
+        return
+    _print_status(report)
+
+
+def _status_report(
+    record: RunRecord, tasks: dict[str, Any], agents: dict[str, str], alive: bool
+) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for rec in tasks.values():
+        counts[rec.state] = counts.get(rec.state, 0) + 1
+    now = time.time()
+    status = record.status
+    if status == "running" and not alive:
+        status = "interrupted"
+    return {
+        "run": record.id,
+        "plan": record.plan_path,
+        "status": status,
+        "exit_code": record.exit_code,
+        "counts": counts,
+        "running": [
+            {
+                "task": r.task,
+                "agent": r.agent,
+                "attempt": r.attempts,
+                "elapsed_s": round(now - (r.started or now), 1),
+            }
+            for r in tasks.values()
+            if r.state == "running"
+        ],
+        "blocked": [
+            {"task": r.task, "reason": r.blocked_by} for r in tasks.values() if r.state == "blocked"
+        ],
+        "failed": [
+            {"task": r.task, "error": r.error} for r in tasks.values() if r.state == "failed"
+        ],
+        "agents": agents,
+    }
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    out.print(f"run {report['run']} of {report['plan']}: [bold]{report['status']}[/]")
+    out.print("  ".join(f"{k} {v}" for k, v in sorted(report["counts"].items())))
+    if report["running"]:
+        table = Table(title="Running")
+        for column in ("task", "agent", "attempt", "elapsed"):
+            table.add_column(column)
+        for r in report["running"]:
+            table.add_row(r["task"], r["agent"] or "-", str(r["attempt"]), f"{r['elapsed_s']}s")
+        out.print(table)
+    for r in report["failed"]:
+        out.print(f"[red]failed[/] {r['task']}: {r['error']}")
+    for r in report["blocked"][:20]:
+        out.print(f"[yellow]blocked[/] {r['task']}: {r['reason']}")
+    if len(report["blocked"]) > 20:
+        out.print(f"... and {len(report['blocked']) - 20} more blocked")
+    for agent, state in report["agents"].items():
+        out.print(f"agent {agent}: {state}")
+
+
+@cli.command()
+@state_option
+def cancel(state: str | None) -> None:
+    """Cancel the running plan (from any terminal): running tasks are stopped, exit code 3."""
+    store, record = _open(state)
+    try:
+        if lock_holder(_state_dir(state)) is None:
+            fail(f"run {record.id} is not running (status: {record.status})")
+        store.add_command(record.id, "cancel", by="counterpoint cancel")
+    finally:
+        store.close()
+    out.print(f"cancel requested for run {record.id}")
+
+
+@cli.command("agent-state")
+@click.argument("agent")
+@click.argument("new_state", metavar="STATE", type=click.Choice(["maintenance", "available"]))
+@state_option
+def agent_state(agent: str, new_state: str, state: str | None) -> None:
+    """Put AGENT in maintenance (it takes no new work) or make it available again."""
+    store, record = _open(state)
+    try:
+        plan_agents = json.loads(store.plan_json(record.id)).get("agents", {})
+        if agent not in plan_agents:
+            fail(f"unknown agent {agent!r}; the plan's agents: {', '.join(plan_agents)}")
+        store.add_command(record.id, "agent_state", agent=agent, state=new_state)
+        store.save_agent_state(record.id, agent, new_state)
+        store.flush()
+    finally:
+        store.close()
+    out.print(f"agent {agent}: {new_state}")
+
+
+def _decide(gate: str, name: str, comment: str, state: str | None, kind: str) -> None:
+    store, record = _open(state)
+    try:
+        phases = [p["id"] for p in json.loads(store.plan_json(record.id)).get("phases", [])]
+        known = [f"{p}.{side}" for p in phases for side in ("entry", "exit")]
+        if gate not in known:
+            fail(f"unknown gate {gate!r}; gates are PHASE.entry or PHASE.exit, e.g. {known[0]}")
+        store.add_command(record.id, kind, gate=gate, by=name, comment=comment)
+    finally:
+        store.close()
+    out.print(f"{gate}: {kind}d by {name}")
+
+
+@cli.command()
+@click.argument("gate")
+@click.option("--as", "name", required=True, help="Who approves (one of the gate's approvers).")
+@click.option("--comment", default="", help="A note kept with the approval.")
+@state_option
+def approve(gate: str, name: str, comment: str, state: str | None) -> None:
+    """Approve GATE (PHASE.entry or PHASE.exit) as NAME; the waiting run continues."""
+    _decide(gate, name, comment, state, "approve")
+
+
+@cli.command()
+@click.argument("gate")
+@click.option("--as", "name", required=True, help="Who rejects.")
+@click.option("--comment", default="", help="Why.")
+@state_option
+def reject(gate: str, name: str, comment: str, state: str | None) -> None:
+    """Reject GATE as NAME: the gate fails and what waits on it is blocked."""
+    _decide(gate, name, comment, state, "reject")
+
+
+@cli.command()
+@click.argument("task")
+@click.option("--attempt", type=click.IntRange(min=1), help="Only this attempt.")
+@state_option
+def logs(task: str, attempt: int | None, state: str | None) -> None:
+    """Print TASK's attempts (agent, times, outcome) and the output each produced."""
+    store, record = _open(state)
+    try:
+        rows = store.attempts(record.id, task)
+        known = store.tasks(record.id)
+    finally:
+        store.close()
+    if task not in known:
+        fail(f"unknown task {task!r} in run {record.id}")
+    if not rows:
+        out.print(f"{task}: no attempt yet ({known[task].state})")
+        return
+    for number, agent, started, finished, outcome, error in rows:
+        if attempt is not None and number != attempt:
+            continue
+        took = f"{finished - started:.2f}s" if finished else "running"
+        out.print(f"[bold]attempt {number}[/] on {agent or '-'}: {outcome} ({took})")
+        if error:
+            out.print(f"  error: {error}")
+        _print_logs(task_log_dir(_state_dir(state), record.id, task), number)
+    if attempt is not None and all(r[0] != attempt for r in rows):
+        fail(f"{task} has no attempt {attempt}")
+    sys.exit(EXIT_OK)
+
+
+def _print_logs(base: Path, attempt: int) -> None:
+    for stream in ("stdout", "stderr"):
+        path = base / f"{attempt}.{stream}"
+        if path.exists() and path.stat().st_size:
+            out.print(f"  --- {stream} ---")
+            sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
+            sys.stdout.flush()
+
+
+__all__ = ["StateDirError"]

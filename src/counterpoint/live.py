@@ -1,0 +1,122 @@
+"""What a person sees while a plan runs: live bars per phase, running tasks, counts.
+
+Also the plain alternatives: JSON lines of events (``--json``) and nothing until
+the end (``--quiet``). All of them are run observers fed by the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from counterpoint.plan.graph import Graph
+from counterpoint.runtime.events import RunEvent, RunObserver
+
+_DONE = {"task_completed", "task_failed", "task_blocked"}
+
+
+class JsonLines(RunObserver):
+    """Every event as one JSON object per line on stdout."""
+
+    def on_event(self, event: RunEvent) -> None:
+        sys.stdout.write(json.dumps(event.to_json(), default=str) + "\n")
+        sys.stdout.flush()
+
+
+class LiveDisplay(RunObserver):
+    """A rich live view: a bar per phase, the running tasks with agent and elapsed time."""
+
+    def __init__(self, graph: Graph, console: Console) -> None:
+        self.graph = graph
+        self.console = console
+        self.lock = threading.Lock()
+        self.running: dict[str, tuple[str | None, float, float]] = {}
+        self.counts = {"completed": 0, "failed": 0, "blocked": 0, "retrying": 0}
+        self.phase_of = {graph.task_ids[t]: graph.phase_of_task[t] for t in range(graph.n_tasks)}
+        self.bars = Progress(
+            TextColumn("{task.description}", justify="left"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console,
+        )
+        self.bar_ids: list[TaskID] = []
+        for k, phase in enumerate(graph.plan.phases):
+            total = sum(1 for t in range(graph.n_tasks) if graph.phase_of_task[t] == k)
+            self.bar_ids.append(self.bars.add_task(phase.title, total=total))
+        self.live = Live(console=console, refresh_per_second=4, get_renderable=self.render)
+        self.notes: list[str] = []
+
+    def __enter__(self) -> LiveDisplay:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(None, None, None)
+
+    def on_event(self, event: RunEvent) -> None:
+        with self.lock:
+            self._apply(event)
+
+    def _apply(self, event: RunEvent) -> None:
+        kind, task, data = event.kind, event.task, event.data
+        if kind == "task_started" and task:
+            self.running[task] = (data.get("agent"), time.monotonic(), 0.0)
+        elif kind == "task_progress" and task in self.running:
+            agent, since, _ = self.running[task]
+            self.running[task] = (agent, since, float(data.get("progress", 0.0)))
+        elif kind in _DONE and task:
+            self.running.pop(task, None)
+            self.counts[kind.removeprefix("task_")] += 1
+            self.bars.advance(self.bar_ids[self.phase_of[task]])
+        elif kind in ("task_retrying", "task_cancelled", "task_rate_limited") and task:
+            self.running.pop(task, None)
+            self.counts["retrying"] += kind == "task_retrying"
+        elif kind == "gate_evaluated" and data.get("status") == "waiting":
+            self.notes.append(f"gate {data.get('gate')} is waiting for approval")
+
+    def render(self) -> Group:
+        with self.lock:
+            return Group(self.bars.get_renderable(), self._running_table(), self._footer())
+
+    def _running_table(self) -> Table:
+        table = Table(title=f"Running ({len(self.running)})", title_justify="left", expand=False)
+        for column in ("task", "agent", "elapsed", "progress"):
+            table.add_column(column)
+        now = time.monotonic()
+        items = sorted(self.running.items(), key=lambda kv: kv[1][1])
+        for task, (agent, since, pct) in items[:12]:
+            table.add_row(task, agent or "-", f"{now - since:.1f}s", f"{pct:.0f}%" if pct else "")
+        if len(items) > 12:
+            table.add_row(f"... {len(items) - 12} more", "", "", "")
+        return table
+
+    def _footer(self) -> Text:
+        c = self.counts
+        text = Text(
+            f"done {c['completed']}  failed {c['failed']}  blocked {c['blocked']}  "
+            f"retries {c['retrying']}"
+        )
+        for note in self.notes[-3:]:
+            text.append(f"\n{note}", style="yellow")
+        return text
+
+
+def summary_table(counts: dict[str, Any], per_phase: list[tuple[str, dict[str, int]]]) -> Table:
+    table = Table(title="Run summary")
+    states = ("completed", "failed", "blocked", "cancelled", "pending")
+    table.add_column("phase")
+    for s in states:
+        table.add_column(s, justify="right")
+    for phase, tally in per_phase:
+        table.add_row(phase, *(str(tally.get(s, 0)) for s in states))
+    table.add_row("all", *(str(counts.get(s, 0)) for s in states), style="bold")
+    return table

@@ -1,0 +1,1 @@
+"""The run engine: dispatch, journal, resume, cancellation."""

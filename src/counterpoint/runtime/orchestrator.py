@@ -1,0 +1,653 @@
+"""The run loop: the one writer of run state.
+
+Every ready task is dispatched the moment its own dependencies are done and an
+able agent and all its resources are free (no lock-step supersteps). Results
+come back as completions; the loop journals them, commits the journal, and
+only then dispatches the dependents, so a crash never loses a completion that
+a dependent has already acted on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import random
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from counterpoint.agents.base import RateLimited, TaskContext
+from counterpoint.allocation import AgentPool, Demand, ResourcePool
+from counterpoint.plan.graph import Graph, NodeKind
+from counterpoint.plan.model import OnFailure
+from counterpoint.queueing import ReadyQueue
+from counterpoint.runtime.events import Observers, RunEvent, TaskState
+from counterpoint.runtime.gates import Approval, GateChecker, GateReport
+from counterpoint.runtime.runners import Runners
+from counterpoint.store.sqlite import SqliteStore, TaskRecord
+
+EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
+_SAFE = re.compile(r"[^A-Za-z0-9_.@-]")
+
+
+def task_log_dir(state_dir: Path, run_id: int, task: str) -> Path:
+    """Where a task's attempt logs live: ``logs/run-N/<task>/<attempt>.stdout``."""
+    return state_dir / "logs" / f"run-{run_id}" / _SAFE.sub("_", task)
+
+
+@dataclass
+class RunOptions:
+    time_scale: float = 1.0
+    approve_as: str | None = None
+    retry_failed: bool = False
+    poll_s: float = 0.2
+    kill_grace_s: float = 5.0
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    node: int
+    attempt: int
+    kind: str  # completed | failed | timed_out | rate_limited | cancelled | gate
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    retry_after_s: float = 0.0
+    report: GateReport | None = None
+
+
+class Orchestrator:
+    """Runs one plan to the end (or until cancelled), journaling every transition."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        store: SqliteStore,
+        run_id: int,
+        runners: Runners,
+        options: RunOptions,
+        observers: Observers,
+        state_dir: Path,
+    ) -> None:
+        self.g = graph
+        self.plan = graph.plan
+        self.store = store
+        self.run_id = run_id
+        self.runners = runners
+        self.options = options
+        self.observers = observers
+        self.state_dir = state_dir
+        self.plan_dir = (graph.plan.source_path or Path("plan.yaml")).parent
+        n, nt = graph.n_nodes, graph.n_tasks
+        self.state = [TaskState.PENDING] * nt
+        self.attempts = [0] * nt
+        self.failures = [0] * nt
+        self.agent_of: list[int | None] = [None] * nt
+        self.started: list[float | None] = [None] * nt
+        self.error: dict[int, str] = {}
+        self.blocked_by: dict[int, str] = {}
+        self.done = bytearray(n)
+        self.blocked = bytearray(n)
+        self.waiting = [graph.pred_start[v + 1] - graph.pred_start[v] for v in range(n)]
+        self.agents = AgentPool(self.plan.agents)
+        self.resources = ResourcePool(self.plan.resources, time.monotonic())
+        self.queue = ReadyQueue(self.plan.settings.aging)
+        self.demands: dict[int, Demand] = {}
+        self.running: dict[int, asyncio.Task[None]] = {}
+        self.gates_running: dict[int, asyncio.Task[None]] = {}
+        self.gates_waiting: set[int] = set()
+        self.timers: list[tuple[float, int]] = []  # (monotonic time, task or -1)
+        self.completions: deque[Completion] = deque()
+        self.wake = asyncio.Event()
+        self.cancelling: str | None = None
+        self.failed_fast = False
+        self.checker = GateChecker(self.plan_dir)
+        self.rng = random.Random(options.seed)
+        self._next_poll = 0.0
+        self.progress: dict[int, tuple[float, str]] = {}
+
+    # -- public -----------------------------------------------------------------
+
+    async def run(self, previous: dict[str, TaskRecord] | None = None) -> int:
+        """Run to the end; returns the exit code (0 done, 1 failures, 3 cancelled)."""
+        self._restore(previous or {})
+        self.emit("run_started", tasks=self.g.n_tasks, resumed=bool(previous))
+        try:
+            while not self._finished():
+                self._drain()
+                self.store.flush()
+                self._poll_commands()
+                self._fire_timers()
+                self._dispatch()
+                if self._finished():
+                    break
+                await self._sleep()
+        finally:
+            await self._stop_everything()
+            self._drain()
+            self.store.flush()
+        return self._conclude()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop dispatching, cancel running tasks, and end the run (exit code 3)."""
+        if self.cancelling is None:
+            self.cancelling = reason
+            self.emit("run_cancelling", reason=reason)
+            for task in [*self.running.values(), *self.gates_running.values()]:
+                task.cancel()
+        self.wake.set()
+
+    def force(self) -> None:
+        """A second interrupt: kill every task's processes now instead of waiting for them."""
+        from counterpoint.agents import shell
+
+        self.cancel("interrupted twice")
+        shell.kill_all()
+        self.wake.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counts per state, and the running tasks (for live displays)."""
+        counts: dict[str, int] = {}
+        for s in self.state:
+            counts[s.value] = counts.get(s.value, 0) + 1
+        running = [
+            {
+                "task": self.g.task_ids[t],
+                "agent": self._agent_name(t),
+                "started": self.started[t],
+                "progress": self.progress.get(t, (0.0, ""))[0],
+            }
+            for t in self.running
+        ]
+        return {"counts": counts, "running": running, "waiting_gates": len(self.gates_waiting)}
+
+    def emit(self, kind: str, task: int | None = None, **data: Any) -> None:
+        tid = self.g.task_ids[task] if task is not None else None
+        self.store.event(self.run_id, kind, tid, **data)
+        self.observers.emit(RunEvent(kind, tid, data))
+
+    # -- start and resume -------------------------------------------------------
+
+    def _restore(self, previous: dict[str, TaskRecord]) -> None:
+        for name, state in self.store.agent_states(self.run_id).items():
+            self._set_agent_state(name, state, journal=False)
+        failed: list[int] = []
+        for t, tid in enumerate(self.g.task_ids):
+            rec = previous.get(tid)
+            if rec is None:
+                continue
+            self.attempts[t] = rec.attempts
+            if rec.state == TaskState.COMPLETED:
+                self.state[t] = TaskState.COMPLETED
+                self.done[t] = 1
+            elif rec.state == TaskState.FAILED and not self.options.retry_failed:
+                self.state[t] = TaskState.FAILED
+                self.error[t] = rec.error or "failed"
+                failed.append(t)
+            elif rec.state != TaskState.PENDING:
+                self.state[t] = TaskState.PENDING
+                self._save(t)
+        self._recount()
+        for t in failed:
+            self._block_downstream(t, f"{self.g.task_ids[t]} failed")
+        for v in [v for v in range(self.g.n_nodes) if self._startable(v)]:
+            self._on_ready(v)
+
+    def _startable(self, v: int) -> bool:
+        if self.done[v] or self.blocked[v] or self.waiting[v]:
+            return False
+        return v >= self.g.n_tasks or self.state[v] is not TaskState.FAILED
+
+    def _recount(self) -> None:
+        ps, pred = self.g.pred_start, self.g.pred
+        for v in range(self.g.n_nodes):
+            self.waiting[v] = sum(1 for i in range(ps[v], ps[v + 1]) if not self.done[pred[i]])
+
+    # -- the loop ---------------------------------------------------------------
+
+    def _finished(self) -> bool:
+        if self.running or self.gates_running:
+            return False
+        if self.cancelling is not None or self.failed_fast:
+            return True
+        return not self.queue and not self.timers and not self.gates_waiting
+
+    async def _sleep(self) -> None:
+        now = time.monotonic()
+        deadline = self._next_poll
+        if self.timers:
+            deadline = min(deadline, self.timers[0][0])
+        if self.completions:
+            return
+        try:
+            async with asyncio.timeout(max(0.0, deadline - now)):
+                await self.wake.wait()
+        except TimeoutError:
+            pass
+        self.wake.clear()
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, t = heapq.heappop(self.timers)
+            if t >= 0 and self.state[t] is TaskState.RETRYING and self.cancelling is None:
+                self._enqueue(t)
+
+    def _timer(self, when: float, task: int = -1) -> None:
+        heapq.heappush(self.timers, (when, task))
+
+    # -- dispatch ---------------------------------------------------------------
+
+    def _on_ready(self, v: int) -> None:
+        """``v``'s dependencies are all done: queue a task, open a barrier or check its gate."""
+        if v < self.g.n_tasks:
+            if self.state[v] is TaskState.PENDING:
+                self._enqueue(v)
+            return
+        gate = self._gate_of(v)
+        if gate is None:
+            self._complete_node(v)
+        else:
+            self._start_gate(v)
+
+    def _enqueue(self, t: int) -> None:
+        demand = self.demands.get(t)
+        if demand is None:
+            task = self.g.tasks[t]
+            counted, rated = self.resources.split(task.resources)
+            pool = self.agents.pool_for(task.requires) if self.agents.names else -1
+            demand = self.demands[t] = Demand(counted, rated, pool)
+        tail = self.g.critical_path_s - self.g.ls[t]
+        self.queue.push(t, demand, self.g.priority_rank[t], tail, time.monotonic())
+        self.state[t] = TaskState.READY
+
+    def _dispatch(self) -> None:
+        if self.cancelling is not None or self.failed_fast:
+            return
+        cap = self.plan.settings.max_concurrency
+        now = time.monotonic()
+        for demand, t in self.queue.candidates(now):
+            if cap is not None and len(self.running) >= cap:
+                return
+            assert isinstance(demand, Demand)
+            ready = self.resources.ready_at(demand, now)
+            if ready > now:
+                if ready != math.inf:
+                    self._timer(ready)
+                continue
+            agent = self.agents.pick(demand.pool) if demand.pool >= 0 else None
+            if demand.pool >= 0 and agent is None:
+                continue
+            self.queue.take(demand, t, now)
+            self._start(t, agent, demand, now)
+
+    def _start(self, t: int, agent: int | None, demand: Demand, now: float) -> None:
+        self.resources.take(demand, now)
+        if agent is not None:
+            self.agents.take(agent)
+        self.attempts[t] += 1
+        self.agent_of[t] = agent
+        self.started[t] = time.time()
+        self.state[t] = TaskState.RUNNING
+        ctx = self._context(t)
+        self.store.save_attempt(
+            self.run_id,
+            ctx.task_id,
+            ctx.attempt,
+            ctx.agent,
+            self.started[t] or 0.0,
+            None,
+            "running",
+        )
+        self._save(t)
+        self.emit("task_started", t, agent=ctx.agent, attempt=ctx.attempt)
+        self.running[t] = asyncio.create_task(self._execute(t, ctx))
+
+    def _context(self, t: int) -> TaskContext:
+        task = self.g.tasks[t]
+        log_dir = task_log_dir(self.state_dir, self.run_id, task.id)
+        return TaskContext(
+            run_id=str(self.run_id),
+            task=task,
+            attempt=self.attempts[t],
+            agent=self._agent_name(t),
+            state_dir=self.state_dir,
+            workdir=self.plan_dir,
+            log_dir=log_dir,
+            time_scale=self.options.time_scale,
+            estimate_s=self.g.duration[t] * self.options.time_scale,
+            on_progress=self._on_progress,
+        )
+
+    async def _execute(self, t: int, ctx: TaskContext) -> None:
+        timeout = self.plan.effective(ctx.task).timeout_s * self.options.time_scale
+        outcome = Completion(t, ctx.attempt, "completed")
+        try:
+            runner = self.runners.for_task(ctx.task_id, ctx.agent)
+            async with asyncio.timeout(timeout if timeout > 0 else None):
+                outcome.result = await runner(ctx)
+        except RateLimited as exc:
+            outcome.kind, outcome.retry_after_s, outcome.error = (
+                "rate_limited",
+                exc.retry_after_s,
+                str(exc),
+            )
+        except TimeoutError:
+            outcome.kind, outcome.error = "timed_out", f"timed out after {timeout:g}s"
+        except asyncio.CancelledError:
+            outcome.kind, outcome.error = "cancelled", self.cancelling or "cancelled"
+        except Exception as exc:
+            outcome.kind, outcome.error = "failed", f"{type(exc).__name__}: {exc}"
+        self.completions.append(outcome)
+        self.wake.set()
+
+    # -- completions ------------------------------------------------------------
+
+    def _drain(self) -> None:
+        while self.completions:
+            done = self.completions.popleft()
+            if done.kind == "gate":
+                self._gate_done(done)
+                continue
+            self.running.pop(done.node, None)
+            self._release(done.node)
+            handler = getattr(self, f"_on_{done.kind}")
+            handler(done)
+
+    def _release(self, t: int) -> None:
+        self.resources.release(self.demands[t])
+        agent = self.agent_of[t]
+        if agent is not None:
+            self.agents.release(agent)
+
+    def _on_completed(self, done: Completion) -> None:
+        t = done.node
+        self._draw_usage(t, done.result)
+        self.state[t] = TaskState.COMPLETED
+        self._finish_attempt(done, "completed")
+        self._save(t, result=done.result)
+        self.emit("task_completed", t, attempt=done.attempt, usage=done.result.get("usage"))
+        self._complete_node(t)
+
+    def _on_failed(self, done: Completion) -> None:
+        t = done.node
+        self.failures[t] += 1
+        self._finish_attempt(done, done.kind)
+        retries = self.plan.effective(self.g.tasks[t]).retries
+        if self.failures[t] <= retries and self.cancelling is None and not self.failed_fast:
+            delay = self._backoff(self.failures[t])
+            self.state[t] = TaskState.RETRYING
+            self.error[t] = done.error
+            self._save(t)
+            self.emit("task_retrying", t, attempt=done.attempt, error=done.error, delay_s=delay)
+            self._timer(time.monotonic() + delay, t)
+            return
+        self._fail(t, done.error)
+
+    _on_timed_out = _on_failed
+
+    def _on_rate_limited(self, done: Completion) -> None:
+        t = done.node
+        now = time.monotonic()
+        until = now + done.retry_after_s
+        for r, _ in self.demands[t].rated:
+            self.resources.buckets[r].drain(now, until)
+        self._finish_attempt(done, "rate_limited")
+        self.state[t] = TaskState.RETRYING
+        self._save(t)
+        self.emit("task_rate_limited", t, retry_after_s=done.retry_after_s)
+        self._timer(until, t)
+
+    def _on_cancelled(self, done: Completion) -> None:
+        t = done.node
+        self.state[t] = TaskState.CANCELLED
+        self._finish_attempt(done, "cancelled")
+        self._save(t)
+        self.emit("task_cancelled", t, reason=done.error)
+
+    def _fail(self, t: int, error: str) -> None:
+        self.state[t] = TaskState.FAILED
+        self.error[t] = error
+        self._save(t)
+        policy = self.plan.effective(self.g.tasks[t]).on_failure
+        self.emit("task_failed", t, error=error, policy=policy.value)
+        tid = self.g.task_ids[t]
+        if policy is OnFailure.FAIL_FAST:
+            self._fail_fast(tid)
+            return
+        if policy is not OnFailure.BLOCK:
+            self.emit("rollback_not_supported", t, policy=policy.value, instead="block")
+        self._block_downstream(t, f"{tid} failed")
+
+    def _fail_fast(self, tid: str) -> None:
+        self.failed_fast = True
+        for task in self.running.values():
+            task.cancel()
+        for v in range(self.g.n_tasks):
+            if self.state[v] in (TaskState.PENDING, TaskState.READY, TaskState.RETRYING):
+                self._mark_blocked(v, f"{tid} failed (fail_fast)")
+
+    def _finish_attempt(self, done: Completion, status: str) -> None:
+        t = done.node
+        self.store.save_attempt(
+            self.run_id,
+            self.g.task_ids[t],
+            done.attempt,
+            self._agent_name(t),
+            self.started[t] or 0.0,
+            time.time(),
+            status,
+            done.error or None,
+        )
+
+    def _backoff(self, failures: int) -> float:
+        s = self.plan.settings
+        base = min(s.retry_backoff_max, s.retry_backoff * 2.0 ** (failures - 1))
+        return base * (0.5 + self.rng.random() / 2)
+
+    def _draw_usage(self, t: int, result: dict[str, Any]) -> None:
+        usage = result.get("usage")
+        if not isinstance(usage, dict):
+            return
+        now = time.monotonic()
+        for name, spec in self.plan.resources.items():
+            amount = usage.get(spec.usage) if spec.usage else None
+            if isinstance(amount, int | float) and not isinstance(amount, bool):
+                held = self.g.tasks[t].resources.get(name, 0)
+                self.resources.buckets[self.resources.index[name]].take(amount - held, now)
+
+    # -- the graph ----------------------------------------------------------------
+
+    def _complete_node(self, v: int) -> None:
+        self.done[v] = 1
+        ss, succ = self.g.succ_start, self.g.succ
+        for i in range(ss[v], ss[v + 1]):
+            w = succ[i]
+            self.waiting[w] -= 1
+            if self.waiting[w] == 0 and not self.blocked[w]:
+                self._on_ready(w)
+
+    def _block_downstream(self, v: int, reason: str) -> None:
+        stack = [v]
+        ss, succ = self.g.succ_start, self.g.succ
+        while stack:
+            u = stack.pop()
+            for i in range(ss[u], ss[u + 1]):
+                w = succ[i]
+                if not self.blocked[w] and not self.done[w]:
+                    self._mark_blocked(w, reason)
+                    stack.append(w)
+
+    def _mark_blocked(self, v: int, reason: str) -> None:
+        self.blocked[v] = 1
+        if v < self.g.n_tasks:
+            self.state[v] = TaskState.BLOCKED
+            self.blocked_by[v] = reason
+            self._save(v)
+            self.emit("task_blocked", v, reason=reason)
+
+    # -- gates ----------------------------------------------------------------------
+
+    def _gate_of(self, v: int) -> tuple[str, int] | None:
+        kind = self.g.kind(v)
+        if kind not in (NodeKind.PHASE_START, NodeKind.PHASE_END):
+            return None
+        k = (v - self.g.n_tasks) // 2
+        phase = self.plan.phases[k]
+        gate = phase.entry_gate if kind is NodeKind.PHASE_START else phase.exit_gate
+        if gate is None or not gate.conditions:
+            return None
+        return f"{phase.id}.{'entry' if kind is NodeKind.PHASE_START else 'exit'}", k
+
+    def _start_gate(self, v: int) -> None:
+        found = self._gate_of(v)
+        assert found is not None
+        gate_id, k = found
+        self.gates_waiting.discard(v)
+        self.gates_running[v] = asyncio.create_task(self._evaluate_gate(v, gate_id, k))
+
+    async def _evaluate_gate(self, v: int, gate_id: str, k: int) -> None:
+        phase = self.plan.phases[k]
+        gate = phase.entry_gate if gate_id.endswith(".entry") else phase.exit_gate
+        assert gate is not None
+        try:
+            report = await self.checker.evaluate(
+                gate_id, phase.id, gate, self._metrics(k), self._approvals(gate_id)
+            )
+        except asyncio.CancelledError:
+            report = GateReport(gate_id, phase.id, "cancelled", [])
+        self.completions.append(Completion(v, 0, "gate", report=report))
+        self.wake.set()
+
+    def _gate_done(self, done: Completion) -> None:
+        v, report = done.node, done.report
+        assert report is not None
+        self.gates_running.pop(v, None)
+        self.emit("gate_evaluated", **report.to_json())
+        if report.status == "cancelled":
+            return
+        if report.passed:
+            self._complete_node(v)
+        elif report.waiting:
+            self.gates_waiting.add(v)
+        else:
+            self._block_downstream(v, f"gate {report.gate} {report.status}: {report.reason()}")
+
+    def _approvals(self, gate_id: str) -> list[Approval]:
+        found = [
+            Approval(c.args.get("by", "?"), c.kind == "approve", c.args.get("comment", ""))
+            for c in [
+                *self.store.commands(self.run_id, "approve"),
+                *self.store.commands(self.run_id, "reject"),
+            ]
+            if c.args.get("gate") == gate_id
+        ]
+        if self.options.approve_as:
+            found.append(Approval(f"--approve-as {self.options.approve_as}", True))
+        return found
+
+    def _metrics(self, k: int) -> dict[str, float]:
+        phase_tasks = [t for t in range(self.g.n_tasks) if self.g.phase_of_task[t] == k]
+        out = _counts("phase", [self.state[t] for t in phase_tasks])
+        out.update(_counts("run", self.state))
+        return out
+
+    # -- operator commands ----------------------------------------------------------
+
+    def _poll_commands(self) -> None:
+        now = time.monotonic()
+        if now < self._next_poll:
+            return
+        self._next_poll = now + self.options.poll_s
+        for cmd in self.store.take_commands(self.run_id):
+            if cmd.kind == "cancel":
+                self.cancel(f"cancelled by {cmd.args.get('by', 'operator')}")
+            elif cmd.kind == "agent_state":
+                self._set_agent_state(cmd.args["agent"], cmd.args["state"])
+            elif cmd.kind in ("approve", "reject"):
+                self._recheck_gates(cmd.args.get("gate", ""))
+
+    def _recheck_gates(self, gate_id: str) -> None:
+        for v in list(self.gates_waiting):
+            found = self._gate_of(v)
+            if found is not None and found[0] == gate_id:
+                self._start_gate(v)
+
+    def _set_agent_state(self, name: str, state: str, journal: bool = True) -> None:
+        a = self.agents.index.get(name)
+        if a is None:
+            return
+        self.agents.maintenance[a] = state == "maintenance"
+        if journal:
+            self.store.save_agent_state(self.run_id, name, state)
+            self.emit("agent_state", agent=name, state=state)
+
+    # -- the end ----------------------------------------------------------------------
+
+    async def _stop_everything(self) -> None:
+        pending = [*self.running.values(), *self.gates_running.values()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _conclude(self) -> int:
+        counts = self.snapshot()["counts"]
+        if self.cancelling is not None:
+            code = EXIT_CANCELLED
+        elif counts.get("failed") or counts.get("blocked") or self.failed_fast:
+            code = EXIT_FAILED
+        else:
+            code = EXIT_OK
+        status = {EXIT_OK: "completed", EXIT_FAILED: "failed", EXIT_CANCELLED: "cancelled"}[code]
+        self.emit("run_finished", status=status, exit_code=code, counts=counts)
+        self.store.set_run_status(self.run_id, status, code)
+        return code
+
+    def _save(self, t: int, result: dict[str, Any] | None = None) -> None:
+        self.store.save_task(
+            self.run_id,
+            TaskRecord(
+                task=self.g.task_ids[t],
+                state=self.state[t].value,
+                attempts=self.attempts[t],
+                agent=self._agent_name(t),
+                started=self.started[t],
+                finished=time.time() if self.state[t].terminal else None,
+                error=self.error.get(t),
+                blocked_by=self.blocked_by.get(t),
+                result=result,
+            ),
+        )
+
+    def _agent_name(self, t: int) -> str | None:
+        a = self.agent_of[t]
+        return self.agents.names[a] if a is not None else None
+
+    def _on_progress(self, task_id: str, percent: float, message: str) -> None:
+        t = self.g.index[task_id]
+        self.progress[t] = (percent, message)
+        self.observers.emit(
+            RunEvent("task_progress", task_id, {"progress": percent, "message": message})
+        )
+
+
+def _counts(scope: str, states: list[TaskState]) -> dict[str, float]:
+    total = len(states)
+    tally = {s: 0 for s in TaskState}
+    for s in states:
+        tally[s] += 1
+    out = {
+        f"{scope}.total": float(total),
+        f"{scope}.completed": float(tally[TaskState.COMPLETED]),
+        f"{scope}.failed": float(tally[TaskState.FAILED]),
+        f"{scope}.blocked": float(tally[TaskState.BLOCKED]),
+        f"{scope}.cancelled": float(tally[TaskState.CANCELLED]),
+    }
+    out[f"{scope}.completed_ratio"] = out[f"{scope}.completed"] / total if total else 1.0
+    out[f"{scope}.failed_ratio"] = out[f"{scope}.failed"] / total if total else 0.0
+    return out

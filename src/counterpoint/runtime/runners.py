@@ -1,0 +1,68 @@
+"""Choosing and building the runner that executes a task on an agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from counterpoint.agents.base import Runner
+from counterpoint.agents.python import PythonRunner
+from counterpoint.errors import CounterpointError
+from counterpoint.plan.model import Plan
+from counterpoint.plan.model import Runner as RunnerSpec
+
+
+class NotSupportedError(CounterpointError):
+    """A plan uses a feature this release does not run yet."""
+
+
+def build_runner(spec: RunnerSpec, plan_dir: Path, kill_grace_s: float) -> Runner:
+    if spec.python:
+        return PythonRunner(spec.python, plan_dir)
+    if spec.shell is not None:
+        from counterpoint.agents.shell import ShellRunner
+
+        return ShellRunner(spec, plan_dir, kill_grace_s=kill_grace_s)
+    raise NotSupportedError(
+        "remote agents (runner: {remote: true}) are not yet supported by this release"
+    )
+
+
+class Runners:
+    """Every runner a plan needs, built (and imported) before the run starts."""
+
+    def __init__(self, plan: Plan, plan_dir: Path, kill_grace_s: float) -> None:
+        self.by_agent = {
+            name: build_runner(a.runner, plan_dir, kill_grace_s)
+            for name, a in plan.agents.items()
+            if a.runner is not None
+        }
+        self.by_task = {
+            t.id: build_runner(t.run, plan_dir, kill_grace_s)
+            for t in plan.tasks()
+            if t.run is not None
+        }
+        self._check_every_task_has_one(plan)
+
+    def _check_every_task_has_one(self, plan: Plan) -> None:
+        for task in plan.tasks():
+            if task.id in self.by_task:
+                continue
+            able = [
+                name
+                for name, a in plan.agents.items()
+                if set(task.requires) <= set(a.capabilities) and a.capacity > 0
+            ]
+            bare = [name for name in able if name not in self.by_agent]
+            if bare:
+                raise NotSupportedError(
+                    f"task {task.id!r} could be given to agent {bare[0]!r}, which has no runner; "
+                    "give the agent a runner or the task its own run:"
+                )
+
+    def for_task(self, task: str, agent: str | None) -> Runner:
+        runner = self.by_task.get(task)
+        if runner is None and agent is not None:
+            runner = self.by_agent[agent]
+        if runner is None:
+            raise NotSupportedError(f"task {task!r} has no runner")
+        return runner

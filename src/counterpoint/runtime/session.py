@@ -1,0 +1,252 @@
+"""Starting, resuming and steering runs through a state directory.
+
+The state directory (``.counterpoint/`` next to the plan unless ``--state``)
+holds the journal (``state.db``), the per-attempt logs and a lock held by the
+process running the plan, so two processes never drive the same run and an
+operator in another terminal can tell whether a run is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from counterpoint.errors import CounterpointError, PlanError
+from counterpoint.plan.graph import Graph
+from counterpoint.plan.load import load_plan
+from counterpoint.plan.model import Plan
+from counterpoint.runtime.events import Observers, RunObserver
+from counterpoint.runtime.orchestrator import Orchestrator, RunOptions
+from counterpoint.runtime.runners import NotSupportedError, Runners
+from counterpoint.store.sqlite import RunRecord, SqliteStore, StateDirError
+
+LOCK_NAME = "run.lock"
+
+
+class RunRefused(CounterpointError):
+    """The run cannot start or resume as asked (the message says why and what to do)."""
+
+
+def default_state_dir(plan_path: Path) -> Path:
+    return plan_path.resolve().parent / ".counterpoint"
+
+
+def fingerprint(plan: Plan) -> tuple[str, str]:
+    """(sha256 of the plan's normalised content, that content as JSON)."""
+    text = plan.model_dump_json(by_alias=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
+
+
+def check_runnable(plan: Plan) -> None:
+    """Refuse plans that use what this release does not run yet (clear message, exit 2)."""
+    if not plan.agents:
+        raise RunRefused("the plan has no agents: it can be analysed but not run")
+    if plan.settings.backend != "local":
+        raise NotSupportedError("settings.backend: ray is not yet supported by this release")
+    if plan.settings.coordination != "centralized":
+        raise NotSupportedError("settings.coordination: contract_net is not yet supported")
+    for name, agent in plan.agents.items():
+        if agent.workspace == "worktree":
+            raise NotSupportedError(f"agent {name!r}: workspace: worktree is not yet supported")
+
+
+@contextmanager
+def run_lock(state_dir: Path) -> Iterator[None]:
+    """Hold the state directory's run lock, or refuse if another process holds it."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(state_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held for the whole run
+    except OSError as exc:
+        raise StateDirError(f"cannot use the state directory {state_dir}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            raise RunRefused(
+                f"a run is already active in {state_dir} (pid {pid}); "
+                "wait for it, or stop it with `counterpoint cancel`"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def lock_holder(state_dir: Path) -> int | None:
+    """The pid running a plan in ``state_dir``, or None when no run is alive."""
+    path = state_dir / LOCK_NAME
+    if not path.exists():
+        return None
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def start_run(
+    plan_path: Path,
+    state_dir: Path,
+    options: RunOptions,
+    observers: list[RunObserver],
+    sync: str = "full",
+) -> int:
+    """Run a plan from the start; returns the exit code."""
+    plan = load_plan(plan_path)
+    check_runnable(plan)
+    graph = plan.compile(check=False)
+    with run_lock(state_dir):
+        store = SqliteStore(state_dir, sync=sync)
+        try:
+            digest, text = fingerprint(plan)
+            run_id = store.create_run(
+                str(plan_path.resolve()), plan.name, digest, text, asdict(options), graph.task_ids
+            )
+            return _drive(graph, store, run_id, options, observers, state_dir, None)
+        finally:
+            store.close()
+
+
+def resume_run(
+    state_dir: Path,
+    options: RunOptions,
+    observers: list[RunObserver],
+    allow_changed_plan: bool = False,
+    sync: str = "full",
+) -> int:
+    """Continue the latest run in ``state_dir`` after an interruption or a crash."""
+    with run_lock(state_dir):
+        store = SqliteStore(state_dir, sync=sync, create=False)
+        try:
+            record = latest(store, state_dir)
+            plan = _reload(record)
+            digest, text = fingerprint(plan)
+            if digest != record.fingerprint and not allow_changed_plan:
+                raise RunRefused(
+                    "the plan changed since the run started: "
+                    f"{describe_changes(store.plan_json(record.id), text)}; "
+                    "resume with --allow-changed-plan to accept the change"
+                )
+            check_runnable(plan)
+            graph = plan.compile(check=False)
+            previous = store.tasks(record.id)
+            store.set_run_status(record.id, "running", pid=os.getpid())
+            store.event(record.id, "run_resumed", plan_changed=digest != record.fingerprint)
+            return _drive(graph, store, record.id, options, observers, state_dir, previous)
+        finally:
+            store.close()
+
+
+def latest(store: SqliteStore, state_dir: Path) -> RunRecord:
+    record = store.latest_run()
+    if record is None:
+        raise RunRefused(f"no run recorded in {state_dir}")
+    return record
+
+
+def _reload(record: RunRecord) -> Plan:
+    try:
+        return load_plan(record.plan_path)
+    except PlanError as exc:
+        raise RunRefused(f"the run's plan {record.plan_path} no longer loads: {exc}") from None
+
+
+def _drive(
+    graph: Graph,
+    store: SqliteStore,
+    run_id: int,
+    options: RunOptions,
+    observers: list[RunObserver],
+    state_dir: Path,
+    previous: dict[str, Any] | None,
+) -> int:
+    runners = Runners(
+        graph.plan, (graph.plan.source_path or Path(".")).parent, options.kill_grace_s
+    )
+    store.set_run_status(run_id, "running", pid=os.getpid())
+    return asyncio.run(
+        _main(graph, store, run_id, runners, options, observers, state_dir, previous)
+    )
+
+
+async def _main(
+    graph: Graph,
+    store: SqliteStore,
+    run_id: int,
+    runners: Runners,
+    options: RunOptions,
+    observers: list[RunObserver],
+    state_dir: Path,
+    previous: dict[str, Any] | None,
+) -> int:
+    orch = Orchestrator(graph, store, run_id, runners, options, Observers(observers), state_dir)
+    loop = asyncio.get_running_loop()
+    interrupts = [0]
+
+    def on_signal(signum: int) -> None:
+        interrupts[0] += 1
+        if interrupts[0] == 1:
+            orch.cancel(f"interrupted ({signal.Signals(signum).name})")
+        else:
+            orch.force()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await orch.run(previous)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def describe_changes(old_json: str, new_json: str) -> str:
+    """A short summary of how a plan changed: tasks added, removed, changed; other sections."""
+    old, new = json.loads(old_json), json.loads(new_json)
+    old_tasks, new_tasks = _task_map(old), _task_map(new)
+    parts = []
+    for label, names in (
+        ("added", sorted(new_tasks.keys() - old_tasks.keys())),
+        ("removed", sorted(old_tasks.keys() - new_tasks.keys())),
+        (
+            "changed",
+            sorted(k for k in old_tasks.keys() & new_tasks.keys() if old_tasks[k] != new_tasks[k]),
+        ),
+    ):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            parts.append(f"tasks {label}: {shown}")
+    sections = [
+        k for k in sorted(old.keys() | new.keys()) if k != "phases" and old.get(k) != new.get(k)
+    ]
+    if sections:
+        parts.append(f"sections changed: {', '.join(sections)}")
+    if not parts:
+        parts.append("phases or milestones changed")
+    return "; ".join(parts)
+
+
+def _task_map(plan: dict[str, Any]) -> dict[str, Any]:
+    return {
+        t["id"]: t
+        for p in plan.get("phases", [])
+        for m in p.get("milestones", [])
+        for t in m.get("tasks", [])
+    }

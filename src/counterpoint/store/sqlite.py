@@ -1,0 +1,388 @@
+"""The run journal in SQLite (WAL): one file per state directory, one writer per run.
+
+Writes are buffered and committed in groups (:meth:`SqliteStore.flush`); the
+orchestrator flushes before it dispatches the dependents of completed tasks,
+so a task the journal shows as complete is never run again after a crash.
+Operator commands (cancel, agent state, approvals) arrive through the same
+file from other processes, so they work whether or not the run is served.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from counterpoint.errors import CounterpointError
+
+DB_NAME = "state.db"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    plan_path TEXT NOT NULL,
+    plan_name TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    plan_blob BLOB NOT NULL,
+    options TEXT NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    pid INTEGER,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    run_id INTEGER NOT NULL,
+    task TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    agent TEXT,
+    started REAL,
+    finished REAL,
+    error TEXT,
+    blocked_by TEXT,
+    result TEXT,
+    PRIMARY KEY (run_id, task)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id INTEGER NOT NULL,
+    task TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    agent TEXT,
+    started REAL NOT NULL,
+    finished REAL,
+    status TEXT NOT NULL,
+    error TEXT,
+    PRIMARY KEY (run_id, task, attempt)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    task TEXT,
+    data TEXT
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    args TEXT NOT NULL,
+    done REAL
+);
+CREATE TABLE IF NOT EXISTS agents (
+    run_id INTEGER NOT NULL,
+    agent TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (run_id, agent)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_task ON events (run_id, task);
+"""
+
+_UPSERT_TASK = """
+INSERT INTO tasks (run_id, task, state, attempts, agent, started, finished, error, blocked_by,
+                   result)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (run_id, task) DO UPDATE SET
+    state = excluded.state, attempts = excluded.attempts, agent = excluded.agent,
+    started = excluded.started, finished = excluded.finished, error = excluded.error,
+    blocked_by = excluded.blocked_by, result = excluded.result
+"""
+_UPSERT_ATTEMPT = """
+INSERT INTO attempts (run_id, task, attempt, agent, started, finished, status, error)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (run_id, task, attempt) DO UPDATE SET
+    finished = excluded.finished, status = excluded.status, error = excluded.error
+"""
+_EVENT = "INSERT INTO events (run_id, ts, kind, task, data) VALUES (?, ?, ?, ?, ?)"
+
+
+class StateDirError(CounterpointError):
+    """The state directory or its database cannot be used (unwritable, corrupt, too new)."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    plan_path: str
+    plan_name: str
+    fingerprint: str
+    options: dict[str, Any]
+    status: str
+    exit_code: int | None
+    pid: int | None
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task: str
+    state: str
+    attempts: int
+    agent: str | None
+    started: float | None
+    finished: float | None
+    error: str | None
+    blocked_by: str | None
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Command:
+    id: int
+    kind: str
+    args: dict[str, Any]
+    ts: float
+
+
+class SqliteStore:
+    """The journal of one state directory."""
+
+    def __init__(self, state_dir: Path, *, sync: str = "full", create: bool = True) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / DB_NAME
+        self._pending: dict[str, list[Sequence[Any]]] = {}
+        self.conn = self._connect(create, sync)
+
+    # -- opening ---------------------------------------------------------------
+
+    def _connect(self, create: bool, sync: str) -> sqlite3.Connection:
+        if not create and not self.path.exists():
+            raise StateDirError(f"no run journal in {self.state_dir} (nothing was run there)")
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateDirError(
+                f"cannot open the state directory {self.state_dir}: {exc}"
+            ) from None
+        try:
+            self._prepare(conn, sync)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StateDirError(
+                f"the run journal {self.path} is unreadable ({exc}); it may be corrupt or "
+                "truncated. Move it aside to start afresh."
+            ) from None
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection, sync: str) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        row = conn.execute("PRAGMA quick_check").fetchone()
+        if row is None or row[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else 'no answer'}")
+        conn.executescript(_SCHEMA)
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if version is None:
+            conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(version[0]) > SCHEMA_VERSION:
+            raise StateDirError(
+                f"{self.path} was written by a newer counterpoint (schema {version[0]})"
+            )
+
+    def close(self) -> None:
+        self.flush()
+        self.conn.close()
+
+    # -- buffered writes -------------------------------------------------------
+
+    def _queue(self, sql: str, params: Sequence[Any]) -> None:
+        self._pending.setdefault(sql, []).append(params)
+
+    def flush(self) -> None:
+        """Commit everything buffered in one transaction (durable per ``sync``)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        with self._transaction():
+            for sql, rows in pending.items():
+                self.conn.executemany(sql, rows)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.conn)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._pending)
+
+    # -- runs ------------------------------------------------------------------
+
+    def create_run(
+        self,
+        plan_path: str,
+        plan_name: str,
+        fingerprint: str,
+        plan_json: str,
+        options: dict[str, Any],
+        task_ids: Iterable[str],
+    ) -> int:
+        now = time.time()
+        blob = zlib.compress(plan_json.encode("utf-8"), 6)
+        with self._transaction():
+            cur = self.conn.execute(
+                "INSERT INTO runs (plan_path, plan_name, fingerprint, plan_blob, options, status,"
+                " created, updated) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                (plan_path, plan_name, fingerprint, blob, json.dumps(options), now, now),
+            )
+            run_id = int(cur.lastrowid or 0)
+            self.conn.executemany(
+                "INSERT INTO tasks (run_id, task, state) VALUES (?, ?, 'pending')",
+                ((run_id, t) for t in task_ids),
+            )
+        return run_id
+
+    def latest_run(self) -> RunRecord | None:
+        row = self.conn.execute(
+            "SELECT id, plan_path, plan_name, fingerprint, options, status, exit_code, pid,"
+            " created, updated FROM runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return RunRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), *row[5:])
+
+    def plan_json(self, run_id: int) -> str:
+        row = self.conn.execute("SELECT plan_blob FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return zlib.decompress(row[0]).decode("utf-8") if row else "{}"
+
+    def set_run_status(
+        self, run_id: int, status: str, exit_code: int | None = None, pid: int | None = None
+    ) -> None:
+        self.flush()
+        with self._transaction():
+            self.conn.execute(
+                "UPDATE runs SET status = ?, exit_code = ?, pid = ?, updated = ? WHERE id = ?",
+                (status, exit_code, pid, time.time(), run_id),
+            )
+
+    # -- tasks, attempts, events -------------------------------------------------
+
+    def save_task(self, run_id: int, rec: TaskRecord) -> None:
+        result = json.dumps(rec.result) if rec.result is not None else None
+        self._queue(
+            _UPSERT_TASK,
+            (
+                run_id,
+                rec.task,
+                rec.state,
+                rec.attempts,
+                rec.agent,
+                rec.started,
+                rec.finished,
+                rec.error,
+                rec.blocked_by,
+                result,
+            ),
+        )
+
+    def save_attempt(
+        self,
+        run_id: int,
+        task: str,
+        attempt: int,
+        agent: str | None,
+        started: float,
+        finished: float | None,
+        status: str,
+        error: str | None = None,
+    ) -> None:
+        self._queue(
+            _UPSERT_ATTEMPT, (run_id, task, attempt, agent, started, finished, status, error)
+        )
+
+    def event(self, run_id: int, kind: str, task: str | None = None, **data: Any) -> None:
+        payload = json.dumps(data, default=str) if data else None
+        self._queue(_EVENT, (run_id, time.time(), kind, task, payload))
+
+    def tasks(self, run_id: int) -> dict[str, TaskRecord]:
+        rows = self.conn.execute(
+            "SELECT task, state, attempts, agent, started, finished, error, blocked_by, result"
+            " FROM tasks WHERE run_id = ?",
+            (run_id,),
+        )
+        return {r[0]: _task_record(r) for r in rows}
+
+    def attempts(self, run_id: int, task: str) -> list[tuple[Any, ...]]:
+        return self.conn.execute(
+            "SELECT attempt, agent, started, finished, status, error FROM attempts"
+            " WHERE run_id = ? AND task = ? ORDER BY attempt",
+            (run_id, task),
+        ).fetchall()
+
+    def events(self, run_id: int, after: int = 0, limit: int = 1000) -> list[tuple[Any, ...]]:
+        return self.conn.execute(
+            "SELECT seq, ts, kind, task, data FROM events WHERE run_id = ? AND seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (run_id, after, limit),
+        ).fetchall()
+
+    # -- agents and operator commands ---------------------------------------------
+
+    def save_agent_state(self, run_id: int, agent: str, state: str) -> None:
+        self._queue(
+            "INSERT INTO agents VALUES (?, ?, ?) ON CONFLICT (run_id, agent)"
+            " DO UPDATE SET state = excluded.state",
+            (run_id, agent, state),
+        )
+
+    def agent_states(self, run_id: int) -> dict[str, str]:
+        rows = self.conn.execute("SELECT agent, state FROM agents WHERE run_id = ?", (run_id,))
+        return dict(rows.fetchall())
+
+    def add_command(self, run_id: int, kind: str, **args: Any) -> int:
+        with self._transaction():
+            cur = self.conn.execute(
+                "INSERT INTO commands (run_id, ts, kind, args) VALUES (?, ?, ?, ?)",
+                (run_id, time.time(), kind, json.dumps(args)),
+            )
+        return int(cur.lastrowid or 0)
+
+    def take_commands(self, run_id: int) -> list[Command]:
+        """Operator commands not yet handled, oldest first; they are marked handled."""
+        rows = self.conn.execute(
+            "SELECT id, kind, args, ts FROM commands WHERE run_id = ? AND done IS NULL ORDER BY id",
+            (run_id,),
+        ).fetchall()
+        if rows:
+            self._queue_many(
+                "UPDATE commands SET done = ? WHERE id = ?", [(time.time(), r[0]) for r in rows]
+            )
+        return [Command(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+    def commands(self, run_id: int, kind: str) -> list[Command]:
+        rows = self.conn.execute(
+            "SELECT id, kind, args, ts FROM commands WHERE run_id = ? AND kind = ? ORDER BY id",
+            (run_id, kind),
+        ).fetchall()
+        return [Command(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+    def _queue_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        self._pending.setdefault(sql, []).extend(rows)
+
+
+def _task_record(r: Sequence[Any]) -> TaskRecord:
+    result = json.loads(r[8]) if r[8] else None
+    return TaskRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], result)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK), for a connection in autocommit mode."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
