@@ -19,7 +19,10 @@ demo: $(STAMP)
 	@mkdir -p $(OUT)
 	$(BIN)/counterpoint plan $(EXAMPLE) --gantt $(OUT)/cloud-migration-gantt.html
 	$(BIN)/counterpoint plan $(EXAMPLE) --json > $(OUT)/cloud-migration-plan.json
+	rm -rf $(OUT)/state
+	$(BIN)/counterpoint run $(EXAMPLE) --state $(OUT)/state --time-scale 0.000005 --approve-as demo
 	@echo "Gantt chart: $(OUT)/cloud-migration-gantt.html; plan JSON: $(OUT)/cloud-migration-plan.json"
+	@echo "Run journal: $(OUT)/state (try: $(BIN)/counterpoint status --state $(OUT)/state)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

@@ -1,7 +1,7 @@
 """Simulated agents for the cloud-migration example.
 
-No cloud API is called: each agent sleeps for its task's estimate scaled by the
-run's ``time_scale`` (at most two seconds; zero when the context has none) and
+No cloud API is called: each agent works for its task's estimate scaled by the
+run's ``--time-scale`` (at most eight seconds), reporting progress as it goes, and
 returns deterministic findings, including a plausible value for every
 shared-state key the task declares in ``writes``. Runs are therefore
 repeatable, so the example doubles as a demo and a test fixture.
@@ -13,6 +13,7 @@ import asyncio
 import zlib
 from typing import Any
 
+from counterpoint.agents import TaskContext
 from counterpoint.plan.model import Task
 
 Result = dict[str, Any]
@@ -101,73 +102,75 @@ def _figure(task: Task, low: int, high: int) -> int:
     return low + zlib.crc32(task.id.encode()) % (high - low + 1)
 
 
-async def _simulate(task: Task, ctx: object, verb: str, findings: dict[str, object]) -> Result:
-    """Wait for the scaled estimate, then report ``findings`` and the task's writes."""
-    scale = float(getattr(ctx, "time_scale", 0.0) or 0.0)
-    await asyncio.sleep(min((task.estimate or 3600) * scale, 2.0))
+async def _simulate(task: Task, ctx: TaskContext, verb: str, findings: dict[str, object]) -> Result:
+    """Work for the task's (scaled) estimate, reporting progress, then return ``findings``."""
+    steps = 4
+    for step in range(1, steps + 1):
+        await asyncio.sleep(min(ctx.estimate_s, 8.0) / steps)
+        ctx.progress(100 * step / steps, f"{verb.lower()} step {step} of {steps}")
     result: Result = {"summary": f"{verb} {task.title}", "findings": findings}
     if task.writes:
         result["writes"] = {key: _value(task, key) for key in task.writes}
     return result
 
 
-async def plan(task: Task, ctx: object) -> Result:
+async def plan(task: Task, ctx: TaskContext) -> Result:
     """Planner: assessments, plans, stakeholder sessions and hand-overs."""
     return await _simulate(
         task, ctx, "Planned", {"meetings": _figure(task, 2, 8), "actions": _figure(task, 5, 20)}
     )
 
 
-async def discover(task: Task, ctx: object) -> Result:
+async def discover(task: Task, ctx: TaskContext) -> Result:
     """Discovery: inventories the estate and its dependencies."""
     return await _simulate(
         task, ctx, "Discovered", {"systems": _figure(task, 30, 60), "dependencies": 212}
     )
 
 
-async def review(task: Task, ctx: object) -> Result:
+async def review(task: Task, ctx: TaskContext) -> Result:
     """Reviewer: checks work against review frameworks and lists findings."""
     return await _simulate(task, ctx, "Reviewed", {"findings": _figure(task, 3, 15)})
 
 
-async def design(task: Task, ctx: object) -> Result:
+async def design(task: Task, ctx: TaskContext) -> Result:
     """Architect: selects services and designs the target architecture."""
     return await _simulate(
         task, ctx, "Designed", {"options_compared": _figure(task, 2, 5), "decision_records": 1}
     )
 
 
-async def secure(task: Task, ctx: object) -> Result:
+async def secure(task: Task, ctx: TaskContext) -> Result:
     """Security: baselines, controls, assessments and tests in every phase."""
     return await _simulate(
         task, ctx, "Secured", {"checks": _figure(task, 20, 80), "open_critical": 0}
     )
 
 
-async def monitor(task: Task, ctx: object) -> Result:
+async def monitor(task: Task, ctx: TaskContext) -> Result:
     """Monitoring: observability set up early and tuned throughout."""
     return await _simulate(task, ctx, "Instrumented", {"alarms_changed": _figure(task, 5, 40)})
 
 
-async def document(task: Task, ctx: object) -> Result:
+async def document(task: Task, ctx: TaskContext) -> Result:
     """Documentation: writes documents while other agents implement."""
     return await _simulate(task, ctx, "Documented", {"pages": _figure(task, 8, 60)})
 
 
-async def verify(task: Task, ctx: object) -> Result:
+async def verify(task: Task, ctx: TaskContext) -> Result:
     """Testing: test plans, functional, integration and performance tests."""
     return await _simulate(
         task, ctx, "Tested", {"cases_run": _figure(task, 20, 200), "defects": _figure(task, 0, 4)}
     )
 
 
-async def deploy(task: Task, ctx: object) -> Result:
+async def deploy(task: Task, ctx: TaskContext) -> Result:
     """Deployment: accounts, environments, pipelines and releases."""
     return await _simulate(
         task, ctx, "Deployed", {"resources_changed": _figure(task, 10, 120), "drift": 0}
     )
 
 
-async def optimize(task: Task, ctx: object) -> Result:
+async def optimize(task: Task, ctx: TaskContext) -> Result:
     """Optimizer: cost reviews and performance or cost optimisations."""
     return await _simulate(task, ctx, "Optimised", {"recommendations": _figure(task, 3, 12)})

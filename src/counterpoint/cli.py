@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from counterpoint import __version__, views
 from counterpoint.errors import ScheduleError
@@ -30,7 +31,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_INVALID) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     sys.exit(code)
 
 
@@ -57,7 +58,7 @@ def _load(plan: str, *, quiet_ok: bool = True) -> CheckReport:
         err.print(views.problems_text(report.problems), end="")
     if not report.ok:
         errors = len(report.errors)
-        err.print(f"{plan}: {errors} error{'s' * (errors != 1)}", style="bold red")
+        err.print(f"{escape(plan)}: {errors} error{'s' * (errors != 1)}", style="bold red")
         sys.exit(EXIT_INVALID)
     return report
 
@@ -73,7 +74,7 @@ def check(plan: str, as_json: bool) -> None:
         sys.exit(EXIT_OK if report.ok else EXIT_INVALID)
     report = _load(plan)
     assert report.plan is not None
-    out.print(views.summary_line(plan, report.plan.counts(), len(report.warnings)))
+    out.print(views.summary_line(plan, report.plan.counts(), len(report.warnings)), markup=False)
 
 
 def _check_json(report: CheckReport) -> dict[str, Any]:
@@ -191,7 +192,7 @@ def _write_gantt(graph: Graph, sched: Schedule, path: list[str], target: Path, q
     except OSError as exc:
         fail(f"--gantt {target}: cannot write: {exc.strerror or exc}")
     if not quiet:
-        err.print(f"Gantt chart written to {target}")
+        err.print(f"Gantt chart written to {escape(str(target))}")
 
 
 @cli.command()

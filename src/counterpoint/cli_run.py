@@ -3,13 +3,13 @@ approve, reject. Each works against a state directory, from any terminal."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape as esc
 from rich.table import Table
 
 from counterpoint import live
@@ -19,13 +19,16 @@ from counterpoint.plan.load import load_plan
 from counterpoint.runtime.events import RunObserver
 from counterpoint.runtime.orchestrator import RunOptions, task_log_dir
 from counterpoint.runtime.session import (
+    decide_gate,
     default_state_dir,
     latest,
     lock_holder,
+    request_cancel,
     resume_run,
+    set_agent_state,
     start_run,
 )
-from counterpoint.store.sqlite import RunRecord, SqliteStore, StateDirError
+from counterpoint.store.sqlite import RunRecord, SqliteStore
 from counterpoint.views import problems_text
 
 STATE_HELP = "State directory (default: .counterpoint next to the plan, or in the current folder)."
@@ -168,8 +171,8 @@ def _print_summary(directory: Path) -> None:
     for rec in sorted(tasks.values(), key=lambda r: r.task):
         if rec.state in ("failed", "blocked"):
             why = rec.error if rec.state == "failed" else f"blocked by {rec.blocked_by}"
-            out.print(f"[red]{rec.state}[/] {rec.task}: {why}")
-    out.print(f"run {record.id}: {record.status} (state in {directory})")
+            out.print(f"[red]{rec.state}[/] {esc(rec.task)}: {esc(str(why))}")
+    out.print(f"run {record.id}: {record.status} (state in {esc(str(directory))})")
 
 
 def _per_phase(record: RunRecord, tasks: dict[str, Any]) -> list[tuple[str, dict[str, int]]]:
@@ -245,7 +248,7 @@ def _status_report(
 
 
 def _print_status(report: dict[str, Any]) -> None:
-    out.print(f"run {report['run']} of {report['plan']}: [bold]{report['status']}[/]")
+    out.print(f"run {report['run']} of {esc(report['plan'])}: [bold]{report['status']}[/]")
     out.print("  ".join(f"{k} {v}" for k, v in sorted(report["counts"].items())))
     if report["running"]:
         table = Table(title="Running")
@@ -255,27 +258,24 @@ def _print_status(report: dict[str, Any]) -> None:
             table.add_row(r["task"], r["agent"] or "-", str(r["attempt"]), f"{r['elapsed_s']}s")
         out.print(table)
     for r in report["failed"]:
-        out.print(f"[red]failed[/] {r['task']}: {r['error']}")
+        out.print(f"[red]failed[/] {esc(r['task'])}: {esc(str(r['error']))}")
     for r in report["blocked"][:20]:
-        out.print(f"[yellow]blocked[/] {r['task']}: {r['reason']}")
+        out.print(f"[yellow]blocked[/] {esc(r['task'])}: {esc(str(r['reason']))}")
     if len(report["blocked"]) > 20:
         out.print(f"... and {len(report['blocked']) - 20} more blocked")
     for agent, state in report["agents"].items():
-        out.print(f"agent {agent}: {state}")
+        out.print(f"agent {esc(agent)}: {state}")
 
 
 @cli.command()
 @state_option
 def cancel(state: str | None) -> None:
     """Cancel the running plan (from any terminal): running tasks are stopped, exit code 3."""
-    store, record = _open(state)
     try:
-        if lock_holder(_state_dir(state)) is None:
-            fail(f"run {record.id} is not running (status: {record.status})")
-        store.add_command(record.id, "cancel", by="counterpoint cancel")
-    finally:
-        store.close()
-    out.print(f"cancel requested for run {record.id}")
+        run_id = request_cancel(_state_dir(state), by="counterpoint cancel")
+    except CounterpointError as exc:
+        fail(str(exc))
+    out.print(f"cancel requested for run {run_id}")
 
 
 @cli.command("agent-state")
@@ -284,30 +284,19 @@ def cancel(state: str | None) -> None:
 @state_option
 def agent_state(agent: str, new_state: str, state: str | None) -> None:
     """Put AGENT in maintenance (it takes no new work) or make it available again."""
-    store, record = _open(state)
     try:
-        plan_agents = json.loads(store.plan_json(record.id)).get("agents", {})
-        if agent not in plan_agents:
-            fail(f"unknown agent {agent!r}; the plan's agents: {', '.join(plan_agents)}")
-        store.add_command(record.id, "agent_state", agent=agent, state=new_state)
-        store.save_agent_state(record.id, agent, new_state)
-        store.flush()
-    finally:
-        store.close()
-    out.print(f"agent {agent}: {new_state}")
+        set_agent_state(_state_dir(state), agent, new_state)
+    except CounterpointError as exc:
+        fail(str(exc))
+    out.print(f"agent {esc(agent)}: {new_state}")
 
 
-def _decide(gate: str, name: str, comment: str, state: str | None, kind: str) -> None:
-    store, record = _open(state)
+def _decide(gate: str, name: str, comment: str, state: str | None, approve: bool) -> None:
     try:
-        phases = [p["id"] for p in json.loads(store.plan_json(record.id)).get("phases", [])]
-        known = [f"{p}.{side}" for p in phases for side in ("entry", "exit")]
-        if gate not in known:
-            fail(f"unknown gate {gate!r}; gates are PHASE.entry or PHASE.exit, e.g. {known[0]}")
-        store.add_command(record.id, kind, gate=gate, by=name, comment=comment)
-    finally:
-        store.close()
-    out.print(f"{gate}: {kind}d by {name}")
+        decide_gate(_state_dir(state), gate, name, approve, comment)
+    except CounterpointError as exc:
+        fail(str(exc))
+    out.print(f"{esc(gate)}: {'approved' if approve else 'rejected'} by {esc(name)}")
 
 
 @cli.command()
@@ -317,7 +306,7 @@ def _decide(gate: str, name: str, comment: str, state: str | None, kind: str) ->
 @state_option
 def approve(gate: str, name: str, comment: str, state: str | None) -> None:
     """Approve GATE (PHASE.entry or PHASE.exit) as NAME; the waiting run continues."""
-    _decide(gate, name, comment, state, "approve")
+    _decide(gate, name, comment, state, True)
 
 
 @cli.command()
@@ -327,7 +316,7 @@ def approve(gate: str, name: str, comment: str, state: str | None) -> None:
 @state_option
 def reject(gate: str, name: str, comment: str, state: str | None) -> None:
     """Reject GATE as NAME: the gate fails and what waits on it is blocked."""
-    _decide(gate, name, comment, state, "reject")
+    _decide(gate, name, comment, state, False)
 
 
 @cli.command()
@@ -345,15 +334,15 @@ def logs(task: str, attempt: int | None, state: str | None) -> None:
     if task not in known:
         fail(f"unknown task {task!r} in run {record.id}")
     if not rows:
-        out.print(f"{task}: no attempt yet ({known[task].state})")
+        out.print(f"{esc(task)}: no attempt yet ({known[task].state})")
         return
     for number, agent, started, finished, outcome, error in rows:
         if attempt is not None and number != attempt:
             continue
         took = f"{finished - started:.2f}s" if finished else "running"
-        out.print(f"[bold]attempt {number}[/] on {agent or '-'}: {outcome} ({took})")
+        out.print(f"[bold]attempt {number}[/] on {esc(agent or '-')}: {outcome} ({took})")
         if error:
-            out.print(f"  error: {error}")
+            out.print(f"  error: {esc(error)}")
         _print_logs(task_log_dir(_state_dir(state), record.id, task), number)
     if attempt is not None and all(r[0] != attempt for r in rows):
         fail(f"{task} has no attempt {attempt}")
@@ -367,6 +356,3 @@ def _print_logs(base: Path, attempt: int) -> None:
             out.print(f"  --- {stream} ---")
             sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
             sys.stdout.flush()
-
-
-__all__ = ["StateDirError"]

@@ -52,8 +52,8 @@ class LiveDisplay(RunObserver):
         for k, phase in enumerate(graph.plan.phases):
             total = sum(1 for t in range(graph.n_tasks) if graph.phase_of_task[t] == k)
             self.bar_ids.append(self.bars.add_task(phase.title, total=total))
-        self.live = Live(console=console, refresh_per_second=4, get_renderable=self.render)
         self.notes: list[str] = []
+        self.live = Live(console=console, refresh_per_second=4, get_renderable=self.render)
 
     def __enter__(self) -> LiveDisplay:
         self.live.__enter__()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -103,12 +104,16 @@ def matrix_tables(graph: Graph, rows: Sequence[MilestoneRow], limit: int) -> lis
         mine = [r for r in rows if r.phase == phase.id]
         start = min((r.start_s for r in mine), default=0.0)
         finish = max((r.finish_s for r in mine), default=0.0)
-        table = Table(title=f"Phase {phase.title}: {days(start)} - {days(finish)}", show_lines=True)
+        table = Table(
+            title=f"Phase {escape(phase.title)}: {days(start)} - {days(finish)}", show_lines=True
+        )
         for column in ("milestone", "parallel tasks (wave: side by side)", "after", "resources"):
             table.add_column(column)
         for row in mine:
             table.add_row(
-                f"{row.milestone} {row.title}" if row.title != row.milestone else row.milestone,
+                Text(
+                    f"{row.milestone} {row.title}" if row.title != row.milestone else row.milestone
+                ),
                 _waves(row.waves, limit),
                 ", ".join(row.after) or "-",
                 ", ".join(row.resources) or "-",

@@ -13,7 +13,9 @@ import functools
 import importlib
 import inspect
 import sys
+import threading
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +60,40 @@ class PythonRunner:
         if inspect.iscoroutinefunction(self.func):
             value = await self.func(ctx.task, ctx)
         else:
-            value = await asyncio.to_thread(self.func, ctx.task, ctx)
+            value = await in_daemon_thread(self.func, ctx.task, ctx)
             if inspect.isawaitable(value):
                 value = await value
         return _as_result(value, self.target)
+
+
+async def in_daemon_thread(func: Callable[..., Any], *args: Any) -> Any:
+    """Call ``func`` in a daemon thread and await its result.
+
+    Unlike ``asyncio.to_thread``, a function that never returns cannot hold up a
+    cancelled run at exit: the run stops waiting for it and the process can end.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def work() -> None:
+        value, error = None, None
+        try:
+            value = func(*args)
+        except BaseException as exc:  # handed over to the awaiting task
+            error = exc
+        with suppress(RuntimeError):  # the run (and its loop) may be gone already
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=work, name=f"counterpoint-{func.__name__}", daemon=True).start()
+    return await future
 
 
 def _as_result(value: Any, target: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from counterpoint.errors import Path, Problem, Severity
-from counterpoint.plan.model import Plan, Task
+from counterpoint.plan.model import GATE_METRICS, MetricCondition, Plan, Task
 from counterpoint.plan.schema_errors import did_you_mean
 
 TaskPath = tuple[str, int, str, int, str, int]
@@ -19,7 +19,7 @@ TaskPath = tuple[str, int, str, int, str, int]
 def check_plan(plan: Plan) -> list[Problem]:
     """Every problem the model alone cannot see, errors and warnings together."""
     problems: list[Problem] = []
-    for check in (_unique_ids, _references, _agents, _resources, _alerts):
+    for check in (_unique_ids, _references, _agents, _resources, _alerts, _gates):
         problems.extend(check(plan))
     return problems
 
@@ -155,3 +155,16 @@ def _alerts(plan: Plan) -> Iterator[Problem]:
     seen: dict[str, Path] = {}
     for i, rule in enumerate(plan.alerts):
         yield from _once(seen, "alert", rule.name, ("alerts", i, "name"), key="name")
+
+
+def _gates(plan: Plan) -> Iterator[Problem]:
+    for pi, phase in enumerate(plan.phases):
+        for side in ("entry_gate", "exit_gate"):
+            gate = getattr(phase, side)
+            for ci, cond in enumerate(gate.conditions if gate else []):
+                if isinstance(cond, MetricCondition) and cond.metric not in GATE_METRICS:
+                    yield Problem(
+                        f"unknown gate metric {cond.metric!r} (known: {', '.join(GATE_METRICS)})",
+                        ("phases", pi, side, "conditions", ci, "metric"),
+                        hint=did_you_mean(cond.metric, GATE_METRICS),
+                    )

@@ -179,6 +179,22 @@ class ResourceSpec(Strict):
         return self.per if self.per is not None else 1.0
 
 
+#: The metrics a gate's ``metric`` condition can test, for its phase or the whole run.
+GATE_METRICS = tuple(
+    f"{scope}.{name}"
+    for scope in ("phase", "run")
+    for name in (
+        "total",
+        "completed",
+        "failed",
+        "blocked",
+        "cancelled",
+        "completed_ratio",
+        "failed_ratio",
+    )
+)
+
+
 class MetricCondition(Strict):
     kind: Literal["metric"]
     metric: str = Field(min_length=1)

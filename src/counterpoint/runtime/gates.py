@@ -26,19 +26,6 @@ OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
 }
-METRICS = tuple(
-    f"{scope}.{name}"
-    for scope in ("phase", "run")
-    for name in (
-        "total",
-        "completed",
-        "failed",
-        "blocked",
-        "cancelled",
-        "completed_ratio",
-        "failed_ratio",
-    )
-)
 COMMAND_TIMEOUT_S = 600.0
 
 

@@ -189,6 +189,17 @@ class Orchestrator:
                 self.error[t] = rec.error or "failed"
                 failed.append(t)
             elif rec.state != TaskState.PENDING:
+                if rec.state == TaskState.RUNNING and rec.attempts:
+                    self.store.save_attempt(
+                        self.run_id,
+                        tid,
+                        rec.attempts,
+                        rec.agent,
+                        rec.started or 0.0,
+                        None,
+                        "interrupted",
+                        "the run stopped while this attempt was running",
+                    )
                 self.state[t] = TaskState.PENDING
                 self._save(t)
         self._recount()
@@ -576,6 +587,11 @@ class Orchestrator:
             found = self._gate_of(v)
             if found is not None and found[0] == gate_id:
                 self._start_gate(v)
+
+    def set_agent_state(self, name: str, state: str) -> None:
+        """Put an agent in ``maintenance`` (no new work) or make it ``available`` again."""
+        self._set_agent_state(name, state)
+        self.wake.set()
 
     def _set_agent_state(self, name: str, state: str, journal: bool = True) -> None:
         a = self.agents.index.get(name)

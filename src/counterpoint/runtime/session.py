@@ -14,9 +14,9 @@ import hashlib
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,16 +103,23 @@ def lock_holder(state_dir: Path) -> int | None:
 
 
 def start_run(
-    plan_path: Path,
-    state_dir: Path,
-    options: RunOptions,
-    observers: list[RunObserver],
+    plan_path: str | os.PathLike[str],
+    state_dir: str | os.PathLike[str] | None = None,
+    options: RunOptions | None = None,
+    observers: Sequence[RunObserver] = (),
     sync: str = "full",
 ) -> int:
-    """Run a plan from the start; returns the exit code."""
+    """Run a plan from the start; returns the exit code (0 done, 1 failures, 3 cancelled).
+
+    ``state_dir`` defaults to ``.counterpoint`` next to the plan file.
+    """
+    plan_path = Path(plan_path)
+    state_dir = Path(state_dir) if state_dir is not None else default_state_dir(plan_path)
+    options = options or RunOptions()
     plan = load_plan(plan_path)
     check_runnable(plan)
     graph = plan.compile(check=False)
+    runners = Runners(plan, plan_path.resolve().parent, options.kill_grace_s)
     with run_lock(state_dir):
         store = SqliteStore(state_dir, sync=sync)
         try:
@@ -120,19 +127,22 @@ def start_run(
             run_id = store.create_run(
                 str(plan_path.resolve()), plan.name, digest, text, asdict(options), graph.task_ids
             )
-            return _drive(graph, store, run_id, options, observers, state_dir, None)
+            run = _Run(graph, store, run_id, runners, options, observers, state_dir)
+            return _drive(run, None)
         finally:
             store.close()
 
 
 def resume_run(
-    state_dir: Path,
-    options: RunOptions,
-    observers: list[RunObserver],
+    state_dir: str | os.PathLike[str],
+    options: RunOptions | None = None,
+    observers: Sequence[RunObserver] = (),
     allow_changed_plan: bool = False,
     sync: str = "full",
 ) -> int:
     """Continue the latest run in ``state_dir`` after an interruption or a crash."""
+    state_dir = Path(state_dir)
+    options = options or RunOptions()
     with run_lock(state_dir):
         store = SqliteStore(state_dir, sync=sync, create=False)
         try:
@@ -147,10 +157,11 @@ def resume_run(
                 )
             check_runnable(plan)
             graph = plan.compile(check=False)
+            runners = Runners(plan, Path(record.plan_path).parent, options.kill_grace_s)
             previous = store.tasks(record.id)
-            store.set_run_status(record.id, "running", pid=os.getpid())
             store.event(record.id, "run_resumed", plan_changed=digest != record.fingerprint)
-            return _drive(graph, store, record.id, options, observers, state_dir, previous)
+            run = _Run(graph, store, record.id, runners, options, observers, state_dir)
+            return _drive(run, previous)
         finally:
             store.close()
 
@@ -169,35 +180,34 @@ def _reload(record: RunRecord) -> Plan:
         raise RunRefused(f"the run's plan {record.plan_path} no longer loads: {exc}") from None
 
 
-def _drive(
-    graph: Graph,
-    store: SqliteStore,
-    run_id: int,
-    options: RunOptions,
-    observers: list[RunObserver],
-    state_dir: Path,
-    previous: dict[str, Any] | None,
-) -> int:
-    runners = Runners(
-        graph.plan, (graph.plan.source_path or Path(".")).parent, options.kill_grace_s
-    )
-    store.set_run_status(run_id, "running", pid=os.getpid())
-    return asyncio.run(
-        _main(graph, store, run_id, runners, options, observers, state_dir, previous)
-    )
+@dataclass
+class _Run:
+    """Everything one run of the engine needs, assembled before the loop starts."""
+
+    graph: Graph
+    store: SqliteStore
+    run_id: int
+    runners: Runners
+    options: RunOptions
+    observers: Sequence[RunObserver]
+    state_dir: Path
 
 
-async def _main(
-    graph: Graph,
-    store: SqliteStore,
-    run_id: int,
-    runners: Runners,
-    options: RunOptions,
-    observers: list[RunObserver],
-    state_dir: Path,
-    previous: dict[str, Any] | None,
-) -> int:
-    orch = Orchestrator(graph, store, run_id, runners, options, Observers(observers), state_dir)
+def _drive(run: _Run, previous: dict[str, Any] | None) -> int:
+    run.store.set_run_status(run.run_id, "running", pid=os.getpid())
+    return asyncio.run(_main(run, previous))
+
+
+async def _main(run: _Run, previous: dict[str, Any] | None) -> int:
+    orch = Orchestrator(
+        run.graph,
+        run.store,
+        run.run_id,
+        run.runners,
+        run.options,
+        Observers(list(run.observers)),
+        run.state_dir,
+    )
     loop = asyncio.get_running_loop()
     interrupts = [0]
 
@@ -250,3 +260,61 @@ def _task_map(plan: dict[str, Any]) -> dict[str, Any]:
         for m in p.get("milestones", [])
         for t in m.get("tasks", [])
     }
+
+
+# -- operator actions (from any process: they travel through the journal) ------------
+
+
+def _latest_store(state_dir: str | os.PathLike[str]) -> tuple[SqliteStore, RunRecord]:
+    directory = Path(state_dir)
+    store = SqliteStore(directory, create=False)
+    try:
+        return store, latest(store, directory)
+    except CounterpointError:
+        store.close()
+        raise
+
+
+def request_cancel(state_dir: str | os.PathLike[str], by: str = "operator") -> int:
+    """Ask the run in ``state_dir`` to cancel; returns its run id."""
+    store, record = _latest_store(state_dir)
+    try:
+        if lock_holder(Path(state_dir)) is None:
+            raise RunRefused(f"run {record.id} is not running (status: {record.status})")
+        store.add_command(record.id, "cancel", by=by)
+        return record.id
+    finally:
+        store.close()
+
+
+def set_agent_state(state_dir: str | os.PathLike[str], agent: str, state: str) -> None:
+    """Put ``agent`` in ``maintenance`` (no new work) or back to ``available``."""
+    if state not in ("maintenance", "available"):
+        raise RunRefused(f"agent state must be maintenance or available, not {state!r}")
+    store, record = _latest_store(state_dir)
+    try:
+        agents = json.loads(store.plan_json(record.id)).get("agents", {})
+        if agent not in agents:
+            raise RunRefused(f"unknown agent {agent!r}; the plan's agents: {', '.join(agents)}")
+        store.add_command(record.id, "agent_state", agent=agent, state=state)
+        store.save_agent_state(record.id, agent, state)
+    finally:
+        store.close()
+
+
+def decide_gate(
+    state_dir: str | os.PathLike[str], gate: str, by: str, approve: bool, comment: str = ""
+) -> None:
+    """Record an approval (or a rejection) of ``gate`` (``PHASE.entry`` / ``PHASE.exit``)."""
+    store, record = _latest_store(state_dir)
+    try:
+        phases = [p["id"] for p in json.loads(store.plan_json(record.id)).get("phases", [])]
+        known = [f"{p}.{side}" for p in phases for side in ("entry", "exit")]
+        if gate not in known:
+            raise RunRefused(
+                f"unknown gate {gate!r}; gates are PHASE.entry or PHASE.exit, e.g. {known[0]}"
+            )
+        kind = "approve" if approve else "reject"
+        store.add_command(record.id, kind, gate=gate, by=by, comment=comment)
+    finally:
+        store.close()
