@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -69,20 +68,6 @@ def test_a_state_path_that_is_a_file_exits_2(tmp_path: Path) -> None:
     blocker.write_text("x")
     refused(cli("run", ws.plan, "--state", blocker, "--quiet"), "not-a-dir")
     refused(cli("run", ws.plan, "--state", blocker / "state", "--quiet"), "state directory")
-    assert ws.records() == []
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only directories")
-def test_a_state_dir_under_a_read_only_dir_exits_2(tmp_path: Path) -> None:
-    ws = Workspace.create(tmp_path)
-    small(ws)
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        refused(cli("run", ws.plan, "--state", locked / "state", "--quiet"), "state directory")
-    finally:
-        locked.chmod(0o700)
     assert ws.records() == []
 
 

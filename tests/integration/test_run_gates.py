@@ -107,8 +107,9 @@ def test_an_approval_gate_waits_until_an_approver_approves(tmp_path: Path) -> No
         assert report["counts"].get("completed") == 2
         assert "c" not in {r["task"] for r in report["running"]}
 
-        # Someone who is not one of the gate's approvers does not open it.
-        assert cli("approve", "p1.exit", "--as", "intern", "--state", ws.state).code == 0
+        # Someone who is not one of the gate's approvers is refused and does not open it.
+        intern = cli("approve", "p1.exit", "--as", "intern", "--state", ws.state)
+        assert intern.code == 2 and "not an approver" in intern.stderr
         holds_for(not_past_the_gate(ws, bg), 0.6, "a non-approver opened the gate")
 
         approved_at = time.time()

@@ -308,13 +308,35 @@ def decide_gate(
     """Record an approval (or a rejection) of ``gate`` (``PHASE.entry`` / ``PHASE.exit``)."""
     store, record = _latest_store(state_dir)
     try:
-        phases = [p["id"] for p in json.loads(store.plan_json(record.id)).get("phases", [])]
-        known = [f"{p}.{side}" for p in phases for side in ("entry", "exit")]
-        if gate not in known:
+        approvers = _gate_approvers(json.loads(store.plan_json(record.id)), gate)
+        if by not in approvers:
             raise RunRefused(
-                f"unknown gate {gate!r}; gates are PHASE.entry or PHASE.exit, e.g. {known[0]}"
+                f"{by!r} is not an approver of {gate} (approvers: {', '.join(sorted(approvers))})"
             )
         kind = "approve" if approve else "reject"
         store.add_command(record.id, kind, gate=gate, by=by, comment=comment)
     finally:
         store.close()
+
+
+def _gate_approvers(plan: dict[str, Any], gate: str) -> set[str]:
+    """Everyone named by the approval conditions of ``gate``; refuses unknown gates."""
+    gates = {
+        f"{p['id']}.{side}": p.get(f"{side}_gate") or {}
+        for p in plan.get("phases", [])
+        for side in ("entry", "exit")
+    }
+    if gate not in gates:
+        example = next(iter(gates), "PHASE.exit")
+        raise RunRefused(
+            f"unknown gate {gate!r}; gates are PHASE.entry or PHASE.exit, e.g. {example}"
+        )
+    approvers = {
+        name
+        for cond in gates[gate].get("conditions", [])
+        if cond.get("kind") == "approval"
+        for name in cond.get("approvers", [])
+    }
+    if not approvers:
+        raise RunRefused(f"gate {gate} has no approval condition to decide")
+    return approvers

@@ -13,7 +13,8 @@ What a task does is steered by its ``inputs``:
 - ``fail``: true to fail every attempt;
 - ``fail_times``: fail the first N attempts, then succeed;
 - ``rate_limit_first``: on attempt 1, raise ``RateLimited`` with this retry-after;
-- ``error``: the failure message (default "failed on purpose").
+- ``error``: the failure message (default "failed on purpose");
+- ``usage``: reported back as the result's ``usage`` (e.g. ``{"tokens": 30}``).
 
 The test copies this file next to each plan under a unique module name, because
 Python runners are imported once per process and module name.
@@ -67,7 +68,10 @@ async def work(task: Task, ctx: TaskContext) -> dict[str, Any]:
         record(ctx, "cancelled")
         raise
     record(ctx, "end")
-    return {"task": task.id, "attempt": ctx.attempt}
+    result: dict[str, Any] = {"task": task.id, "attempt": ctx.attempt}
+    if "usage" in inputs:
+        result["usage"] = inputs["usage"]
+    return result
 
 
 def work_sync(task: Task, ctx: TaskContext) -> dict[str, Any]:
