@@ -3,6 +3,7 @@ approve, reject. Each works against a state directory, from any terminal."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from counterpoint.runtime.session import (
     resume_run,
     set_agent_state,
     start_run,
+    stored_options,
 )
 from counterpoint.store.sqlite import RunRecord, SqliteStore
 from counterpoint.views import problems_text
@@ -107,23 +109,30 @@ def run(
 @cli.command()
 @state_option
 @click.option("--allow-changed-plan", is_flag=True, help="Resume even if the plan file changed.")
+@click.option(
+    "--sync",
+    type=click.Choice(["full", "normal"]),
+    default="full",
+    show_default=True,
+    help="Journal durability: full survives power loss; normal only process crashes.",
+)
 @click.option("--retry-failed", is_flag=True, help="Run failed tasks again (and what they block).")
 @_output_options
 def resume(
-    state: str | None, allow_changed_plan: bool, retry_failed: bool, quiet: bool, as_json: bool
+    state: str | None,
+    allow_changed_plan: bool,
+    sync: str,
+    retry_failed: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Continue the latest run after an interruption or a crash; finished work is not redone."""
     store, record = _open(state)
     store.close()
-    stored = record.options
-    options = RunOptions(
-        time_scale=float(stored.get("time_scale", 1.0)),
-        approve_as=stored.get("approve_as"),
-        retry_failed=retry_failed,
-    )
+    options = stored_options(record, retry_failed=retry_failed)
     directory = _state_dir(state)
     _execute(
-        lambda observers: resume_run(directory, options, observers, allow_changed_plan),
+        lambda observers: resume_run(directory, options, observers, allow_changed_plan, sync),
         Path(record.plan_path),
         directory,
         quiet,
@@ -201,10 +210,15 @@ def status(state: str | None, as_json: bool) -> None:
     try:
         tasks = store.tasks(record.id)
         agents = store.agent_states(record.id)
+        gates = {e.get("gate"): e for e in store.events_of_kind(record.id, "gate_evaluated")}
     finally:
         store.close()
     alive = lock_holder(_state_dir(state)) is not None
     report = _status_report(record, tasks, agents, alive)
+    report["gates"] = [
+        {"gate": g, "status": e.get("status"), "conditions": e.get("results", [])}
+        for g, e in gates.items()
+    ]
     if as_json:
         out.print_json(data=report)
         return
@@ -265,6 +279,10 @@ def _print_status(report: dict[str, Any]) -> None:
         out.print(f"... and {len(report['blocked']) - 20} more blocked")
     for agent, state in report["agents"].items():
         out.print(f"agent {esc(agent)}: {state}")
+    for gate in report["gates"]:
+        waiting = [c["message"] for c in gate["conditions"] if c.get("passed") is not True]
+        note = f": {'; '.join(waiting)}" if waiting and gate["status"] != "completed" else ""
+        out.print(f"gate {esc(str(gate['gate']))}: {gate['status']}{esc(note)}")
 
 
 @cli.command()
@@ -339,13 +357,17 @@ def logs(task: str, attempt: int | None, state: str | None) -> None:
     for number, agent, started, finished, outcome, error in rows:
         if attempt is not None and number != attempt:
             continue
-        took = f"{finished - started:.2f}s" if finished else "running"
+        took = f"{finished - started:.2f}s" if finished else "-"
         out.print(f"[bold]attempt {number}[/] on {esc(agent or '-')}: {outcome} ({took})")
         if error:
             out.print(f"  error: {esc(error)}")
         _print_logs(task_log_dir(_state_dir(state), record.id, task), number)
     if attempt is not None and all(r[0] != attempt for r in rows):
         fail(f"{task} has no attempt {attempt}")
+    result = known[task].result
+    if result is not None and attempt is None:
+        out.print("[bold]result[/]")
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
     sys.exit(EXIT_OK)
 
 

@@ -53,16 +53,22 @@ class LiveDisplay(RunObserver):
             total = sum(1 for t in range(graph.n_tasks) if graph.phase_of_task[t] == k)
             self.bar_ids.append(self.bars.add_task(phase.title, total=total))
         self.notes: list[str] = []
+        self.started = False
         self.live = Live(console=console, refresh_per_second=4, get_renderable=self.render)
 
     def __enter__(self) -> LiveDisplay:
-        self.live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.live.__exit__(None, None, None)
+        if self.started:
+            self.live.__exit__(None, None, None)
+            if not self.console.is_terminal:
+                self.console.print()
 
     def on_event(self, event: RunEvent) -> None:
+        if not self.started:  # drawn from the first event on: a refused run draws nothing
+            self.started = True
+            self.live.__enter__()
         with self.lock:
             self._apply(event)
 

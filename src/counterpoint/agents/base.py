@@ -70,7 +70,7 @@ class TaskContext:
         return f"{self.run_id}:{self.task.id}"
 
     def progress(self, percent: float, message: str = "") -> None:
-        """Report progress (0-100); shown live and journaled."""
+        """Report progress (0-100): shown live and passed to every run observer."""
         if self.on_progress is not None:
             self.on_progress(self.task.id, max(0.0, min(100.0, float(percent))), message)
 

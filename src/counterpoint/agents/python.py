@@ -2,8 +2,10 @@
 
 The plan file's folder comes first on the import path, so an ``agents.py``
 next to the plan is ``agents:function``. Coroutine functions are awaited on
-the run's event loop; plain functions run in a worker thread (they cannot be
-interrupted there: on cancel the run stops waiting for them and says so).
+the run's event loop; plain functions run in a daemon thread. A thread cannot be
+interrupted: on cancel or timeout the run stops waiting for it (the attempt is
+recorded as cancelled or timed out) while the function may go on until it
+returns, so a plain function that may hang should check a deadline itself.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ class RunnerLoadError(CounterpointError, ImportError):
 @functools.cache
 def _import(target: str, plan_dir: str) -> Callable[..., Any]:
     module_name, _, attr = target.partition(":")
-    if plan_dir not in sys.path:
-        sys.path.insert(0, plan_dir)
+    if plan_dir in sys.path:
+        sys.path.remove(plan_dir)
+    sys.path.insert(0, plan_dir)
+    _forget_if_elsewhere(module_name, Path(plan_dir))
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
@@ -42,6 +46,22 @@ def _import(target: str, plan_dir: str) -> Callable[..., Any]:
     if not callable(func):
         raise RunnerLoadError(f"{target!r}: module {module_name!r} has no callable {attr!r}")
     return func  # type: ignore[no-any-return]
+
+
+def _forget_if_elsewhere(module_name: str, plan_dir: Path) -> None:
+    """Drop a cached module of the same name loaded from another folder than this plan's.
+
+    Two plans may each have an ``agents.py``; each must get its own.
+    """
+    top = module_name.split(".")[0]
+    cached = sys.modules.get(top)
+    here = (plan_dir / f"{top}.py").exists() or (plan_dir / top / "__init__.py").exists()
+    if cached is None or not here:
+        return
+    origin = Path(getattr(cached, "__file__", "") or "").resolve()
+    if plan_dir.resolve() not in origin.parents:
+        for name in [n for n in sys.modules if n == top or n.startswith(f"{top}.")]:
+            del sys.modules[name]
 
 
 def load_callable(target: str, plan_dir: Path) -> Callable[..., Any]:

@@ -147,6 +147,8 @@ def _metric(cond: MetricCondition, name: str, metrics: Mapping[str, float]) -> C
 
 
 def _approval(cond: ApprovalCondition, name: str, approvals: list[Approval]) -> ConditionResult:
+    latest = {a.by: a for a in approvals}  # a person's later decision replaces an earlier one
+    approvals = list(latest.values())
     rejected = [a for a in approvals if not a.approve]
     if rejected:
         who = rejected[0]

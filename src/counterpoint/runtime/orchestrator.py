@@ -14,13 +14,14 @@ import heapq
 import math
 import random
 import re
+import shutil
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from counterpoint.agents.base import RateLimited, TaskContext
+from counterpoint.agents.base import RateLimited, TaskContext, TaskFailed
 from counterpoint.allocation import AgentPool, Demand, ResourcePool
 from counterpoint.plan.graph import Graph, NodeKind
 from counterpoint.plan.model import OnFailure
@@ -109,6 +110,7 @@ class Orchestrator:
         self.rng = random.Random(options.seed)
         self._next_poll = 0.0
         self.progress: dict[int, tuple[float, str]] = {}
+        self.tempdirs: dict[int, Path] = {}
 
     # -- public -----------------------------------------------------------------
 
@@ -327,12 +329,30 @@ class Orchestrator:
             attempt=self.attempts[t],
             agent=self._agent_name(t),
             state_dir=self.state_dir,
-            workdir=self.plan_dir,
+            workdir=self._workdir(t),
             log_dir=log_dir,
             time_scale=self.options.time_scale,
             estimate_s=self.g.duration[t] * self.options.time_scale,
             on_progress=self._on_progress,
         )
+
+    def _workdir(self, t: int) -> Path:
+        """The plan's folder, or a fresh folder per attempt for ``workspace: tempdir`` agents."""
+        agent = self.agent_of[t]
+        if agent is None or self.plan.agents[self.agents.names[agent]].workspace != "tempdir":
+            return self.plan_dir
+        name = f"{_SAFE.sub('_', self.g.task_ids[t])}-{self.attempts[t]}"
+        folder = self.state_dir / "workspaces" / f"run-{self.run_id}" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        self.tempdirs[t] = folder
+        return folder
+
+    def _clean_workspace(self, t: int, keep: bool) -> None:
+        """Remove a task's temporary workspace after success; keep it after a failure."""
+        folder = self.tempdirs.pop(t, None)
+        if folder is not None and not keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def _execute(self, t: int, ctx: TaskContext) -> None:
         timeout = self.plan.effective(ctx.task).timeout_s * self.options.time_scale
@@ -341,6 +361,8 @@ class Orchestrator:
             runner = self.runners.for_task(ctx.task_id, ctx.agent)
             async with asyncio.timeout(timeout if timeout > 0 else None):
                 outcome.result = await runner(ctx)
+        except TaskFailed as exc:
+            outcome.kind, outcome.error = "failed", str(exc)
         except RateLimited as exc:
             outcome.kind, outcome.retry_after_s, outcome.error = (
                 "rate_limited",
@@ -366,6 +388,7 @@ class Orchestrator:
                 continue
             self.running.pop(done.node, None)
             self._release(done.node)
+            self._clean_workspace(done.node, keep=done.kind != "completed")
             handler = getattr(self, f"_on_{done.kind}")
             handler(done)
 
@@ -549,12 +572,14 @@ class Orchestrator:
             self._block_downstream(v, f"gate {report.gate} {report.status}: {report.reason()}")
 
     def _approvals(self, gate_id: str) -> list[Approval]:
+        decisions = [
+            *self.store.commands(self.run_id, "approve"),
+            *self.store.commands(self.run_id, "reject"),
+        ]
+        decisions.sort(key=lambda c: c.id)  # oldest first: a later decision wins
         found = [
             Approval(c.args.get("by", "?"), c.kind == "approve", c.args.get("comment", ""))
-            for c in [
-                *self.store.commands(self.run_id, "approve"),
-                *self.store.commands(self.run_id, "reject"),
-            ]
+            for c in decisions
             if c.args.get("gate") == gate_id
         ]
         if self.options.approve_as:

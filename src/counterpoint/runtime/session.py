@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -114,7 +115,7 @@ def start_run(
     ``state_dir`` defaults to ``.counterpoint`` next to the plan file.
     """
     plan_path = Path(plan_path)
-    state_dir = Path(state_dir) if state_dir is not None else default_state_dir(plan_path)
+    state_dir = Path(state_dir).resolve() if state_dir is not None else default_state_dir(plan_path)
     options = options or RunOptions()
     plan = load_plan(plan_path)
     check_runnable(plan)
@@ -140,13 +141,17 @@ def resume_run(
     allow_changed_plan: bool = False,
     sync: str = "full",
 ) -> int:
-    """Continue the latest run in ``state_dir`` after an interruption or a crash."""
-    state_dir = Path(state_dir)
-    options = options or RunOptions()
+    """Continue the latest run in ``state_dir`` after an interruption or a crash.
+
+    Without ``options`` the run keeps the options it was started with (time scale,
+    ``approve_as``).
+    """
+    state_dir = Path(state_dir).resolve()
     with run_lock(state_dir):
         store = SqliteStore(state_dir, sync=sync, create=False)
         try:
             record = latest(store, state_dir)
+            options = options or stored_options(record)
             plan = _reload(record)
             digest, text = fingerprint(plan)
             if digest != record.fingerprint and not allow_changed_plan:
@@ -158,12 +163,21 @@ def resume_run(
             check_runnable(plan)
             graph = plan.compile(check=False)
             runners = Runners(plan, Path(record.plan_path).parent, options.kill_grace_s)
+            if digest != record.fingerprint:
+                store.adopt_plan(record.id, digest, text, graph.task_ids)
             previous = store.tasks(record.id)
             store.event(record.id, "run_resumed", plan_changed=digest != record.fingerprint)
             run = _Run(graph, store, record.id, runners, options, observers, state_dir)
             return _drive(run, previous)
         finally:
             store.close()
+
+
+def stored_options(record: RunRecord, **changes: Any) -> RunOptions:
+    """The options a run was started with (time scale, approve_as), with ``changes``."""
+    known = {k: v for k, v in record.options.items() if k in RunOptions.__dataclass_fields__}
+    known.update(changes)
+    return RunOptions(**known)
 
 
 def latest(store: SqliteStore, state_dir: Path) -> RunRecord:
@@ -218,12 +232,14 @@ async def _main(run: _Run, previous: dict[str, Any] | None) -> int:
         else:
             orch.force()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    handled = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGTERM) if handled else ()
+    for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         return await orch.run(previous)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)
 
 

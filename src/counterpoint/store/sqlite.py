@@ -242,6 +242,30 @@ class SqliteStore:
             )
         return run_id
 
+    def adopt_plan(
+        self, run_id: int, fingerprint: str, plan_json: str, task_ids: Sequence[str]
+    ) -> None:
+        """Make a changed plan the run's plan: new tasks pending, removed tasks forgotten."""
+        self.flush()
+        blob = zlib.compress(plan_json.encode("utf-8"), 6)
+        with self._transaction():
+            self.conn.execute(
+                "UPDATE runs SET fingerprint = ?, plan_blob = ?, updated = ? WHERE id = ?",
+                (fingerprint, blob, time.time(), run_id),
+            )
+            self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep (task TEXT PRIMARY KEY)")
+            self.conn.execute("DELETE FROM keep")
+            self.conn.executemany("INSERT INTO keep VALUES (?)", ((t,) for t in task_ids))
+            self.conn.execute(
+                "DELETE FROM tasks WHERE run_id = ? AND task NOT IN (SELECT task FROM keep)",
+                (run_id,),
+            )
+            self.conn.execute(
+                "INSERT OR IGNORE INTO tasks (run_id, task, state) SELECT ?, task, 'pending'"
+                " FROM keep",
+                (run_id,),
+            )
+
     def latest_run(self) -> RunRecord | None:
         row = self.conn.execute(
             "SELECT id, plan_path, plan_name, fingerprint, options, status, exit_code, pid,"
@@ -268,7 +292,7 @@ class SqliteStore:
     # -- tasks, attempts, events -------------------------------------------------
 
     def save_task(self, run_id: int, rec: TaskRecord) -> None:
-        result = json.dumps(rec.result) if rec.result is not None else None
+        result = _to_json(rec.result) if rec.result is not None else None
         self._queue(
             _UPSERT_TASK,
             (
@@ -301,7 +325,7 @@ class SqliteStore:
         )
 
     def event(self, run_id: int, kind: str, task: str | None = None, **data: Any) -> None:
-        payload = json.dumps(data, default=str) if data else None
+        payload = _to_json(data) if data else None
         self._queue(_EVENT, (run_id, time.time(), kind, task, payload))
 
     def tasks(self, run_id: int) -> dict[str, TaskRecord]:
@@ -325,6 +349,13 @@ class SqliteStore:
             " ORDER BY seq LIMIT ?",
             (run_id, after, limit),
         ).fetchall()
+
+    def events_of_kind(self, run_id: int, kind: str) -> list[dict[str, Any]]:
+        """The data of every event of one kind, oldest first (gates, alerts ... are few)."""
+        rows = self.conn.execute(
+            "SELECT data FROM events WHERE run_id = ? AND kind = ? ORDER BY seq", (run_id, kind)
+        )
+        return [json.loads(r[0]) if r[0] else {} for r in rows]
 
     # -- agents and operator commands ---------------------------------------------
 
@@ -368,6 +399,14 @@ class SqliteStore:
 
     def _queue_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
         self._pending.setdefault(sql, []).extend(rows)
+
+
+def _to_json(value: Any) -> str:
+    """JSON for a task result; values JSON cannot hold are written as their text."""
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError) as exc:
+        return json.dumps({"unserializable_result": repr(value)[:2000], "reason": str(exc)})
 
 
 def _task_record(r: Sequence[Any]) -> TaskRecord:
