@@ -131,6 +131,8 @@ class Runner(Strict):
             raise ValueError(
                 f"a runner needs exactly one of python, shell or remote (found {found})"
             )
+        if self.shell is None and (self.use_shell or self.env or self.cwd is not None):
+            raise ValueError("use_shell, env and cwd only apply to a shell runner")
         return self
 
     @property
