@@ -11,7 +11,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from counterpoint.runtime.gates import GateReport
 
 log = logging.getLogger("counterpoint.run")
 
@@ -44,6 +47,17 @@ class RunEvent:
             out["task"] = self.task
         out.update(self.data)
         return out
+
+
+@dataclass
+class Completion:
+    node: int
+    attempt: int
+    kind: str  # completed | failed | timed_out | rate_limited | cancelled | gate
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    retry_after_s: float = 0.0
+    report: GateReport | None = None
 
 
 class RunObserver:

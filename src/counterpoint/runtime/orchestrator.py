@@ -17,18 +17,19 @@ import re
 import shutil
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from counterpoint.agents.base import RateLimited, TaskContext, TaskFailed
 from counterpoint.allocation import AgentPool, Demand, ResourcePool
-from counterpoint.plan.graph import Graph, NodeKind
+from counterpoint.plan.graph import Graph
 from counterpoint.plan.model import OnFailure
 from counterpoint.queueing import ReadyQueue
-from counterpoint.runtime.events import Observers, RunEvent, TaskState
-from counterpoint.runtime.gates import Approval, GateChecker, GateReport
+from counterpoint.runtime.events import Completion, Observers, RunEvent, TaskState
+from counterpoint.runtime.gates import GateChecker
 from counterpoint.runtime.runners import Runners
+from counterpoint.runtime.steering import Steering
 from counterpoint.store.sqlite import SqliteStore, TaskRecord
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
@@ -50,18 +51,7 @@ class RunOptions:
     seed: int | None = None
 
 
-@dataclass
-class Completion:
-    node: int
-    attempt: int
-    kind: str  # completed | failed | timed_out | rate_limited | cancelled | gate
-    result: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-    retry_after_s: float = 0.0
-    report: GateReport | None = None
-
-
-class Orchestrator:
+class Orchestrator(Steering):
     """Runs one plan to the end (or until cancelled), journaling every transition."""
 
     def __init__(
@@ -524,109 +514,6 @@ class Orchestrator:
             self._save(v)
             self.emit("task_blocked", v, reason=reason)
 
-    # -- gates ----------------------------------------------------------------------
-
-    def _gate_of(self, v: int) -> tuple[str, int] | None:
-        kind = self.g.kind(v)
-        if kind not in (NodeKind.PHASE_START, NodeKind.PHASE_END):
-            return None
-        k = (v - self.g.n_tasks) // 2
-        phase = self.plan.phases[k]
-        gate = phase.entry_gate if kind is NodeKind.PHASE_START else phase.exit_gate
-        if gate is None or not gate.conditions:
-            return None
-        return f"{phase.id}.{'entry' if kind is NodeKind.PHASE_START else 'exit'}", k
-
-    def _start_gate(self, v: int) -> None:
-        found = self._gate_of(v)
-        assert found is not None
-        gate_id, k = found
-        self.gates_waiting.discard(v)
-        self.gates_running[v] = asyncio.create_task(self._evaluate_gate(v, gate_id, k))
-
-    async def _evaluate_gate(self, v: int, gate_id: str, k: int) -> None:
-        phase = self.plan.phases[k]
-        gate = phase.entry_gate if gate_id.endswith(".entry") else phase.exit_gate
-        assert gate is not None
-        try:
-            report = await self.checker.evaluate(
-                gate_id, phase.id, gate, self._metrics(k), self._approvals(gate_id)
-            )
-        except asyncio.CancelledError:
-            report = GateReport(gate_id, phase.id, "cancelled", [])
-        self.completions.append(Completion(v, 0, "gate", report=report))
-        self.wake.set()
-
-    def _gate_done(self, done: Completion) -> None:
-        v, report = done.node, done.report
-        assert report is not None
-        self.gates_running.pop(v, None)
-        self.emit("gate_evaluated", **report.to_json())
-        if report.status == "cancelled":
-            return
-        if report.passed:
-            self._complete_node(v)
-        elif report.waiting:
-            self.gates_waiting.add(v)
-        else:
-            self._block_downstream(v, f"gate {report.gate} {report.status}: {report.reason()}")
-
-    def _approvals(self, gate_id: str) -> list[Approval]:
-        decisions = [
-            *self.store.commands(self.run_id, "approve"),
-            *self.store.commands(self.run_id, "reject"),
-        ]
-        decisions.sort(key=lambda c: c.id)  # oldest first: a later decision wins
-        found = [
-            Approval(c.args.get("by", "?"), c.kind == "approve", c.args.get("comment", ""))
-            for c in decisions
-            if c.args.get("gate") == gate_id
-        ]
-        if self.options.approve_as:
-            found.append(Approval(f"--approve-as {self.options.approve_as}", True))
-        return found
-
-    def _metrics(self, k: int) -> dict[str, float]:
-        phase_tasks = [t for t in range(self.g.n_tasks) if self.g.phase_of_task[t] == k]
-        out = _counts("phase", [self.state[t] for t in phase_tasks])
-        out.update(_counts("run", self.state))
-        return out
-
-    # -- operator commands ----------------------------------------------------------
-
-    def _poll_commands(self) -> None:
-        now = time.monotonic()
-        if now < self._next_poll:
-            return
-        self._next_poll = now + self.options.poll_s
-        for cmd in self.store.take_commands(self.run_id):
-            if cmd.kind == "cancel":
-                self.cancel(f"cancelled by {cmd.args.get('by', 'operator')}")
-            elif cmd.kind == "agent_state":
-                self._set_agent_state(cmd.args["agent"], cmd.args["state"])
-            elif cmd.kind in ("approve", "reject"):
-                self._recheck_gates(cmd.args.get("gate", ""))
-
-    def _recheck_gates(self, gate_id: str) -> None:
-        for v in list(self.gates_waiting):
-            found = self._gate_of(v)
-            if found is not None and found[0] == gate_id:
-                self._start_gate(v)
-
-    def set_agent_state(self, name: str, state: str) -> None:
-        """Put an agent in ``maintenance`` (no new work) or make it ``available`` again."""
-        self._set_agent_state(name, state)
-        self.wake.set()
-
-    def _set_agent_state(self, name: str, state: str, journal: bool = True) -> None:
-        a = self.agents.index.get(name)
-        if a is None:
-            return
-        self.agents.maintenance[a] = state == "maintenance"
-        if journal:
-            self.store.save_agent_state(self.run_id, name, state)
-            self.emit("agent_state", agent=name, state=state)
-
     # -- the end ----------------------------------------------------------------------
 
     async def _stop_everything(self) -> None:
@@ -675,20 +562,3 @@ class Orchestrator:
         self.observers.emit(
             RunEvent("task_progress", task_id, {"progress": percent, "message": message})
         )
-
-
-def _counts(scope: str, states: list[TaskState]) -> dict[str, float]:
-    total = len(states)
-    tally = {s: 0 for s in TaskState}
-    for s in states:
-        tally[s] += 1
-    out = {
-        f"{scope}.total": float(total),
-        f"{scope}.completed": float(tally[TaskState.COMPLETED]),
-        f"{scope}.failed": float(tally[TaskState.FAILED]),
-        f"{scope}.blocked": float(tally[TaskState.BLOCKED]),
-        f"{scope}.cancelled": float(tally[TaskState.CANCELLED]),
-    }
-    out[f"{scope}.completed_ratio"] = out[f"{scope}.completed"] / total if total else 1.0
-    out[f"{scope}.failed_ratio"] = out[f"{scope}.failed"] / total if total else 0.0
-    return out
