@@ -197,11 +197,18 @@ def _write_gantt(graph: Graph, sched: Schedule, path: list[str], target: Path, q
 
 @cli.command()
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to a file.")
-def schema(output: str | None) -> None:
+@click.option("--messages", is_flag=True, help="The schema of protocol messages instead.")
+def schema(output: str | None, messages: bool) -> None:
     """Print the JSON Schema of plan files (for editors: validation and completion)."""
-    from counterpoint.plan.jsonschema import plan_json_schema
+    if messages:
+        from counterpoint.messaging.protocol import message_json_schema
 
-    text = json.dumps(plan_json_schema(), indent=2) + "\n"
+        document = message_json_schema()
+    else:
+        from counterpoint.plan.jsonschema import plan_json_schema
+
+        document = plan_json_schema()
+    text = json.dumps(document, indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
         return
