@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from counterpoint.errors import CounterpointError
+from counterpoint.messaging.bus import Bus, Mailbox
+from counterpoint.messaging.protocol import Message, now
 from counterpoint.plan.model import Task
 
 
@@ -55,6 +57,8 @@ class TaskContext:
     estimate_s: float = 0.0
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("counterpoint.task"))
     on_progress: ProgressSink | None = None
+    bus: Bus | None = None
+    response_sla_s: float = 3600.0
 
     @property
     def task_id(self) -> str:
@@ -73,6 +77,63 @@ class TaskContext:
         """Report progress (0-100): shown live and passed to every run observer."""
         if self.on_progress is not None:
             self.on_progress(self.task.id, max(0.0, min(100.0, float(percent))), message)
+
+    @property
+    def sender(self) -> str:
+        return self.agent or f"task:{self.task.id}"
+
+    async def send(
+        self,
+        recipient: str,
+        event_type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        severity: str = "info",
+        priority: str = "medium",
+    ) -> Message:
+        """Send a notification to an agent, a group (a capability) or ``*`` (everyone)."""
+        message = Message.model_validate(
+            {
+                "sender": self.sender,
+                "recipient": recipient,
+                "type": "notification",
+                "timestamp": now(),
+                "priority": priority,
+                "content": {
+                    "task_id": self.task.id,
+                    "event_type": event_type,
+                    "severity": severity,
+                    "data": data or {},
+                },
+            }
+        )
+        await self._bus().publish(message)
+        return message
+
+    async def request(
+        self, recipient: str, request_type: str, data: dict[str, Any], priority: str = "medium"
+    ) -> Message:
+        """Ask ``recipient`` and wait for its response (overdue after ``response_sla``)."""
+        message = Message.model_validate(
+            {
+                "sender": self.sender,
+                "recipient": recipient,
+                "type": "request",
+                "timestamp": now(),
+                "priority": priority,
+                "content": {"task_id": self.task.id, "request_type": request_type, "data": data},
+            }
+        )
+        return await self._bus().request(message, self.response_sla_s)
+
+    def inbox(self) -> Mailbox:
+        """This agent's mailbox: messages sent to it, its groups, or everyone."""
+        return self._bus().subscribe(self.sender)
+
+    def _bus(self) -> Bus:
+        if self.bus is None:
+            raise TaskFailed("this task runs without a message bus")
+        return self.bus
 
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds`` of plan time (multiplied by the run's time scale)."""

@@ -17,12 +17,15 @@ import re
 import shutil
 import time
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from counterpoint.agents.base import RateLimited, TaskContext, TaskFailed
 from counterpoint.allocation import AgentPool, Demand, ResourcePool
+from counterpoint.messaging.bus import Bus, BusFull
+from counterpoint.messaging.protocol import Message, Status, status_update
 from counterpoint.plan.graph import Graph
 from counterpoint.plan.model import OnFailure
 from counterpoint.queueing import ReadyQueue
@@ -101,6 +104,9 @@ class Orchestrator(Steering):
         self._next_poll = 0.0
         self.progress: dict[int, tuple[float, str]] = {}
         self.tempdirs: dict[int, Path] = {}
+        self.bus = Bus(journal=self._journal_message)
+        for name, spec in self.plan.agents.items():
+            self.bus.subscribe(name, groups=spec.capabilities)
 
     # -- public -----------------------------------------------------------------
 
@@ -308,6 +314,7 @@ class Orchestrator(Steering):
         )
         self._save(t)
         self.emit("task_started", t, agent=ctx.agent, attempt=ctx.attempt)
+        self.bus.started(ctx.task_id, ctx.sender)
         self.running[t] = asyncio.create_task(self._execute(t, ctx))
 
     def _context(self, t: int) -> TaskContext:
@@ -324,6 +331,8 @@ class Orchestrator(Steering):
             time_scale=self.options.time_scale,
             estimate_s=self.g.duration[t] * self.options.time_scale,
             on_progress=self._on_progress,
+            bus=self.bus,
+            response_sla_s=self.plan.settings.response_sla * self.options.time_scale,
         )
 
     def _workdir(self, t: int) -> Path:
@@ -377,6 +386,7 @@ class Orchestrator(Steering):
                 self._gate_done(done)
                 continue
             self.running.pop(done.node, None)
+            self.bus.finished(self.g.task_ids[done.node])
             self._release(done.node)
             self._clean_workspace(done.node, keep=done.kind != "completed")
             handler = getattr(self, f"_on_{done.kind}")
@@ -556,8 +566,31 @@ class Orchestrator(Steering):
         a = self.agent_of[t]
         return self.agents.names[a] if a is not None else None
 
+    def _journal_message(self, message: Message) -> None:
+        self.store.event(self.run_id, "message", message.content.task_id, **message.to_json())
+
+    def _check_messages(self) -> None:
+        """Raise overdue-response and stalled-task notifications (journaled, observed)."""
+        silence = self.plan.settings.status_every * self.options.time_scale
+        for notice in [*self.bus.overdue(), *self.bus.stalled(silence)]:
+            with suppress(BusFull):  # an agent not reading its mailbox misses the copy
+                self.bus.publish_nowait(notice)
+            content = notice.content
+            tid = content.task_id
+            t = self.g.index.get(tid) if tid else None
+            self.emit(content.event_type or "notification", t, **(content.data or {}))
+
     def _on_progress(self, task_id: str, percent: float, message: str) -> None:
         t = self.g.index[task_id]
+        self.bus.publish_nowait(
+            status_update(
+                self._agent_name(t) or f"task:{task_id}",
+                task_id,
+                Status.IN_PROGRESS,
+                percent,
+                message=message,
+            )
+        )
         self.progress[t] = (percent, message)
         self.observers.emit(
             RunEvent("task_progress", task_id, {"progress": percent, "message": message})

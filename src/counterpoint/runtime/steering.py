@@ -50,6 +50,9 @@ class Steering:
     def _complete_node(self, v: int) -> None:
         raise NotImplementedError
 
+    def _check_messages(self) -> None:
+        raise NotImplementedError
+
     def _block_downstream(self, v: int, reason: str) -> None:
         raise NotImplementedError
 
@@ -131,6 +134,7 @@ class Steering:
         if now < self._next_poll:
             return
         self._next_poll = now + self.options.poll_s
+        self._check_messages()
         for cmd in self.store.take_commands(self.run_id):
             if cmd.kind == "cancel":
                 self.cancel(f"cancelled by {cmd.args.get('by', 'operator')}")
