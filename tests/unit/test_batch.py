@@ -356,3 +356,17 @@ def test_nothing_is_lost_or_repeated(
         assert numbers(sink.batches) == list(range(sent))
         assert all(0 < len(b.messages) <= max_messages for b in sink.batches)
     assert [b.batch_id for b in sinks[0].batches] == [b.batch_id for b in sinks[1].batches]
+
+
+def test_the_sqlite_store_keeps_batches_durably_and_ignores_a_redelivery(tmp_path: Path) -> None:
+    from counterpoint.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "state")
+    messages = [{"message_id": f"m{i}", "n": i} for i in range(3)]
+    store.append_messages(1, "batch-a", messages)
+    store.append_messages(1, "batch-a", messages)  # the same batch delivered again
+    store.append_messages(1, "batch-b", [{"message_id": "m9", "n": 9}])
+    store.close()
+    again = SqliteStore(tmp_path / "state", create=False)
+    assert [m["n"] for m in again.batch_messages(1)] == [0, 1, 2, 9]
+    again.close()

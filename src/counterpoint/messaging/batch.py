@@ -237,11 +237,10 @@ class BatchChannel:
             lane.task = asyncio.create_task(lane.run(), name=f"batch-sink {lane.name}")
         self._timer = asyncio.create_task(self._tick(), name="batch-timer")
 
-    async def close(self, timeout: float | None = None) -> None:
+    async def close(self, timeout: float | None = 30.0) -> None:
         """Flush, then retry until every sink has everything or ``timeout`` s pass.
 
-        ``timeout`` defaults to ``close_timeout_s`` (``None``: wait forever). What
-        is still undelivered then stays in :attr:`undelivered`.
+        ``None`` waits forever. What is still undelivered then stays in :attr:`undelivered`.
         """
         if self._state != "running":
             self._state = "closed"
@@ -249,7 +248,7 @@ class BatchChannel:
         await self.flush()
         self._state = "closed"
         await _cancel(self._timer)
-        if not await self.drain(self.close_timeout_s if timeout is None else timeout):
+        if not await self.drain(timeout):
             log.error("batch channel closed with %d undelivered batch(es)", len(self.undelivered))
         for lane in self._lanes:
             await _cancel(lane.task)
@@ -261,7 +260,7 @@ class BatchChannel:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.close()
+        await self.close(self.close_timeout_s)
 
     # -- messages --------------------------------------------------------------
 

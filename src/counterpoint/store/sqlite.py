@@ -84,6 +84,15 @@ CREATE TABLE IF NOT EXISTS agents (
     state TEXT NOT NULL,
     PRIMARY KEY (run_id, agent)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    run_id INTEGER NOT NULL,
+    batch_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    message_id TEXT,
+    json TEXT NOT NULL,
+    stored REAL NOT NULL,
+    PRIMARY KEY (batch_id, seq)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_task ON events (run_id, task);
 """
 
@@ -356,6 +365,26 @@ class SqliteStore:
             "SELECT data FROM events WHERE run_id = ? AND kind = ? ORDER BY seq", (run_id, kind)
         )
         return [json.loads(r[0]) if r[0] else {} for r in rows]
+
+    def append_messages(self, run_id: int, batch_id: str, messages: list[dict[str, Any]]) -> None:
+        """Store a batch of messages durably (a redelivered batch is not stored twice)."""
+        self.flush()
+        stored = time.time()
+        with self._transaction():
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    (run_id, batch_id, i, str(m.get("message_id")), _to_json(m), stored)
+                    for i, m in enumerate(messages)
+                ),
+            )
+
+    def batch_messages(self, run_id: int) -> list[dict[str, Any]]:
+        """Messages stored by the batch channel, in the order they were stored."""
+        rows = self.conn.execute(
+            "SELECT json FROM messages WHERE run_id = ? ORDER BY stored, batch_id, seq", (run_id,)
+        ).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     # -- agents and operator commands ---------------------------------------------
 
