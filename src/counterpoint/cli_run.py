@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from rich.table import Table
 from counterpoint import live
 from counterpoint.cli import EXIT_INVALID, EXIT_OK, cli, err, fail, out
 from counterpoint.errors import CounterpointError, PlanError
-from counterpoint.plan.load import load_plan
+from counterpoint.plan.graph import Graph
 from counterpoint.runtime.events import RunObserver
 from counterpoint.runtime.orchestrator import RunOptions, task_log_dir
 from counterpoint.runtime.session import (
@@ -99,7 +101,6 @@ def run(
     options = RunOptions(time_scale=time_scale, approve_as=approve_as)
     _execute(
         lambda observers: start_run(path, directory, options, observers, sync=sync),
-        path,
         directory,
         quiet,
         as_json,
@@ -133,27 +134,26 @@ def resume(
     directory = _state_dir(state)
     _execute(
         lambda observers: resume_run(directory, options, observers, allow_changed_plan, sync),
-        Path(record.plan_path),
         directory,
         quiet,
         as_json,
     )
 
 
-def _execute(start: Any, plan_path: Path, directory: Path, quiet: bool, as_json: bool) -> None:
-    observers: list[RunObserver] = []
+Start = Callable[[list[RunObserver]], int]
+
+
+def _execute(start: Start, directory: Path, quiet: bool, as_json: bool) -> None:
+    keeper = live.GraphKeeper()
+    observers: list[RunObserver] = [keeper]
     display = None
+    if as_json:
+        observers.append(live.JsonLines())
+    elif not quiet:
+        display = live.LiveDisplay(err)
+        observers.append(display)
     try:
-        if as_json:
-            observers.append(live.JsonLines())
-        elif not quiet:
-            graph = load_plan(plan_path).compile(check=False)
-            display = live.LiveDisplay(graph, err)
-            observers.append(display)
-        if display is not None:
-            with display:
-                code = start(observers)
-        else:
+        with display or nullcontext():
             code = start(observers)
     except PlanError as exc:
         err.print(problems_text(exc.problems), end="")
@@ -161,11 +161,11 @@ def _execute(start: Any, plan_path: Path, directory: Path, quiet: bool, as_json:
     except (CounterpointError, ImportError) as exc:
         fail(str(exc))
     if not as_json:
-        _print_summary(directory)
+        _print_summary(directory, keeper.graph)
     sys.exit(code)
 
 
-def _print_summary(directory: Path) -> None:
+def _print_summary(directory: Path, graph: Graph | None) -> None:
     store = SqliteStore(directory, create=False)
     try:
         record = latest(store, directory)
@@ -175,7 +175,7 @@ def _print_summary(directory: Path) -> None:
     counts: dict[str, int] = {}
     for rec in tasks.values():
         counts[rec.state] = counts.get(rec.state, 0) + 1
-    per_phase = _per_phase(record, tasks)
+    per_phase = _per_phase(graph, tasks) if graph is not None else []
     out.print(live.summary_table(counts, per_phase))
     for rec in sorted(tasks.values(), key=lambda r: r.task):
         if rec.state in ("failed", "blocked"):
@@ -184,21 +184,14 @@ def _print_summary(directory: Path) -> None:
     out.print(f"run {record.id}: {record.status} (state in {esc(str(directory))})")
 
 
-def _per_phase(record: RunRecord, tasks: dict[str, Any]) -> list[tuple[str, dict[str, int]]]:
-    try:
-        plan = load_plan(record.plan_path)
-    except PlanError:
-        return []
-    rows = []
-    for phase in plan.phases:
-        tally: dict[str, int] = {}
-        for m in phase.milestones:
-            for t in m.tasks:
-                state = tasks[t.id].state if t.id in tasks else "pending"
-                state = "pending" if state in ("ready", "running", "retrying") else state
-                tally[state] = tally.get(state, 0) + 1
-        rows.append((phase.id, tally))
-    return rows
+def _per_phase(graph: Graph, tasks: dict[str, Any]) -> list[tuple[str, dict[str, int]]]:
+    tallies: list[dict[str, int]] = [{} for _ in graph.plan.phases]
+    for t, tid in enumerate(graph.task_ids):
+        state = tasks[tid].state if tid in tasks else "pending"
+        state = "pending" if state in ("ready", "running", "retrying") else state
+        tally = tallies[graph.phase_of_task[t]]
+        tally[state] = tally.get(state, 0) + 1
+    return [(p.id, tally) for p, tally in zip(graph.plan.phases, tallies, strict=True)]
 
 
 @cli.command()

@@ -35,13 +35,12 @@ class JsonLines(RunObserver):
 class LiveDisplay(RunObserver):
     """A rich live view: a bar per phase, the running tasks with agent and elapsed time."""
 
-    def __init__(self, graph: Graph, console: Console) -> None:
-        self.graph = graph
+    def __init__(self, console: Console) -> None:
         self.console = console
         self.lock = threading.Lock()
         self.running: dict[str, tuple[str | None, float, float]] = {}
         self.counts = {"completed": 0, "failed": 0, "blocked": 0, "retrying": 0}
-        self.phase_of = {graph.task_ids[t]: graph.phase_of_task[t] for t in range(graph.n_tasks)}
+        self.phase_of: dict[str, int] = {}
         self.bars = Progress(
             TextColumn("{task.description}", justify="left"),
             BarColumn(),
@@ -49,9 +48,6 @@ class LiveDisplay(RunObserver):
             console=console,
         )
         self.bar_ids: list[TaskID] = []
-        for k, phase in enumerate(graph.plan.phases):
-            total = sum(1 for t in range(graph.n_tasks) if graph.phase_of_task[t] == k)
-            self.bar_ids.append(self.bars.add_task(phase.title, total=total))
         self.notes: list[str] = []
         self.started = False
         self.live = Live(console=console, refresh_per_second=4, get_renderable=self.render)
@@ -64,6 +60,15 @@ class LiveDisplay(RunObserver):
             self.live.__exit__(None, None, None)
             if not self.console.is_terminal:
                 self.console.print()
+
+    def attach(self, graph: Graph) -> None:
+        """A bar per phase, sized by the number of tasks in the phase."""
+        self.phase_of = {graph.task_ids[t]: graph.phase_of_task[t] for t in range(graph.n_tasks)}
+        totals = [0] * len(graph.plan.phases)
+        for t in range(graph.n_tasks):
+            totals[graph.phase_of_task[t]] += 1
+        for phase, total in zip(graph.plan.phases, totals, strict=True):
+            self.bar_ids.append(self.bars.add_task(phase.title, total=total))
 
     def on_event(self, event: RunEvent) -> None:
         if not self.started:  # drawn from the first event on: a refused run draws nothing
@@ -82,7 +87,8 @@ class LiveDisplay(RunObserver):
         elif kind in _DONE and task:
             self.running.pop(task, None)
             self.counts[kind.removeprefix("task_")] += 1
-            self.bars.advance(self.bar_ids[self.phase_of[task]])
+            if task in self.phase_of:
+                self.bars.advance(self.bar_ids[self.phase_of[task]])
         elif kind in ("task_retrying", "task_cancelled", "task_rate_limited") and task:
             self.running.pop(task, None)
             self.counts["retrying"] += kind == "task_retrying"
@@ -114,6 +120,15 @@ class LiveDisplay(RunObserver):
         for note in self.notes[-3:]:
             text.append(f"\n{note}", style="yellow")
         return text
+
+
+class GraphKeeper(RunObserver):
+    """Keeps the compiled plan of the run, for the summary printed at the end."""
+
+    graph: Graph | None = None
+
+    def attach(self, graph: Graph) -> None:
+        self.graph = graph
 
 
 def summary_table(counts: dict[str, Any], per_phase: list[tuple[str, dict[str, int]]]) -> Table:

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from counterpoint.plan.graph import Graph
     from counterpoint.runtime.gates import GateReport
 
 log = logging.getLogger("counterpoint.run")
@@ -63,6 +64,9 @@ class Completion:
 class RunObserver:
     """Receives every event of a run; override what you need."""
 
+    def attach(self, graph: Graph) -> None:
+        """Called once before the first event with the compiled plan being run."""
+
     def on_event(self, event: RunEvent) -> None:
         """Called for each event, on the run's event loop: keep it quick."""
 
@@ -72,6 +76,13 @@ class Observers:
 
     def __init__(self, observers: list[RunObserver] | None = None) -> None:
         self.observers = list(observers or [])
+
+    def attach(self, graph: Graph) -> None:
+        for observer in self.observers:
+            try:
+                observer.attach(graph)
+            except Exception:
+                log.exception("observer %r failed to attach", observer)
 
     def emit(self, event: RunEvent) -> None:
         for observer in self.observers:

@@ -113,6 +113,7 @@ class Orchestrator(Steering):
     async def run(self, previous: dict[str, TaskRecord] | None = None) -> int:
         """Run to the end; returns the exit code (0 done, 1 failures, 3 cancelled)."""
         self._restore(previous or {})
+        self.observers.attach(self.g)
         self.emit("run_started", tasks=self.g.n_tasks, resumed=bool(previous))
         try:
             while not self._finished():
