@@ -173,7 +173,10 @@ def run_child(*args: str) -> dict[str, Any]:
         [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False
     )
     if out.returncode != 0:
-        raise SystemExit(f"child {args} failed:\n{out.stderr}")
+        how = f"killed by signal {-out.returncode}" if out.returncode < 0 else "failed"
+        if out.returncode == 137 or out.returncode == -9:
+            how = "killed (SIGKILL: out of memory)"
+        return {"error": how, "stderr": out.stderr[-2000:]}
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -229,20 +232,23 @@ def render(console: Any, results: dict[str, Any]) -> None:
     for column in ("tasks", "engine", "seconds", "tasks/s", "peak RSS MB", "vs dask threaded"):
         table.add_column(column, justify="right")
     for n, row in results["sizes"].items():
-        base = row["threaded"]["seconds"]
+        base = row["threaded"].get("seconds")
         for engine, label in (
             ("counterpoint", "counterpoint run (journal on)"),
             ("threaded", "dask.threaded.get"),
             ("sync", "dask.local.get_sync"),
         ):
             r = row[engine]
+            if "error" in r:
+                table.add_row(f"{int(n):,}", label, r["error"], "-", "-", "-")
+                continue
             table.add_row(
                 f"{int(n):,}",
                 label,
                 f"{r['seconds']:.2f}",
                 f"{int(n) / r['seconds']:,.0f}",
                 f"{r['peak_rss_mb']:.0f}",
-                f"{r['seconds'] / base:.2f}x",
+                f"{r['seconds'] / base:.2f}x" if base else "-",
             )
     console.print(table)
     for sync, lat in results["latency"].items():

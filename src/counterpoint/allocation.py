@@ -58,9 +58,13 @@ class TokenBucket:
         self.level = min(self.level, -(until - now) * self.refill)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Demand:
-    """What one task holds: counted units, rate-limit tokens, and which agents could run it."""
+    """What one task holds: counted units, rate-limit tokens, and which agents could run it.
+
+    Compared and hashed by identity (it keys the ready queue's groups on the hot path):
+    get one shared instance per distinct demand from :meth:`ResourcePool.demand`.
+    """
 
     counted: Units
     rated: Units
@@ -80,6 +84,16 @@ class ResourcePool:
             for i, s in enumerate(specs.values())
             if s.rate is not None
         }
+        self._demands: dict[tuple[Units, Units, int], Demand] = {}
+
+    def demand(self, resources: Mapping[str, int], pool: int) -> Demand:
+        """The one shared :class:`Demand` for these resource units and agent pool."""
+        counted, rated = self.split(resources)
+        key = (counted, rated, pool)
+        found = self._demands.get(key)
+        if found is None:
+            found = self._demands[key] = Demand(counted, rated, pool)
+        return found
 
     def split(self, resources: Mapping[str, int]) -> tuple[Units, Units]:
         counted: list[tuple[int, int]] = []
@@ -118,6 +132,7 @@ class AgentPool:
         self.capabilities = [frozenset(a.capabilities) for a in agents.values()]
         self.capacity = [a.capacity for a in agents.values()]
         self.running = [0] * len(self.names)
+        self.free_slots = sum(self.capacity)
         self.maintenance = [False] * len(self.names)
         self.lost = [False] * len(self.names)
         self.pools: list[list[int]] = []
@@ -148,9 +163,11 @@ class AgentPool:
 
     def take(self, agent: int) -> None:
         self.running[agent] += 1
+        self.free_slots -= 1
 
     def release(self, agent: int) -> None:
         self.running[agent] -= 1
+        self.free_slots += 1
 
     def state(self, agent: int) -> AgentState:
         if self.lost[agent]:

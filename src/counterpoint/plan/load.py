@@ -64,6 +64,7 @@ def check_file(path: str | os.PathLike[str]) -> CheckReport:
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         problem = Problem("the plan is not UTF-8 text", file=name, line=line, column=column)
         return CheckReport(name, problems=[problem])
+    del raw  # the text is all that is needed from here on
     report = check_text(text, name)
     if report.plan is not None:
         report.plan._source = Path(name).resolve()
@@ -100,6 +101,8 @@ def _collector_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        # What was built lives as long as the plan: keep later collections from walking it.
+        gc.freeze()
         if was_enabled:
             gc.enable()
 
@@ -137,8 +140,16 @@ def _analyse(plan: Plan, valid: bool, artifact: Artifact, report: CheckReport) -
     return problems
 
 
+#: Past this size a plan whose only problems are warnings gets no positions: finding
+#: them means parsing the file a second time, which would cost more than the check.
+PRECISE_WARNINGS_MAX_CHARS = 4_000_000
+
+
 def _place(problems: list[Problem], text: str, name: str) -> list[Problem]:
     """Fill in ``file:line:column`` for every problem, and order them as they appear."""
+    only_warnings = all(p.severity is Severity.WARNING for p in problems)
+    if problems and only_warnings and len(text) > PRECISE_WARNINGS_MAX_CHARS:
+        return [replace(p, file=name) for p in problems]
     locator = Locator(text)
     placed = []
     for problem in problems:

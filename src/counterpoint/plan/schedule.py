@@ -87,9 +87,8 @@ class _Scheduler:
 
     def _demand(self, t: int) -> Demand:
         task = self.g.tasks[t]
-        counted, rated = self.resources.split(task.resources)
         pool = self.agents.pool_for(task.requires) if self.agents.names else -1
-        return Demand(counted, rated, pool)
+        return self.resources.demand(task.resources, pool)
 
     def run(self) -> Schedule:
         g = self.g
@@ -139,9 +138,12 @@ class _Scheduler:
 
     def _dispatch(self) -> None:
         """Start every ready task that fits now, best first, one test per demand group."""
+        uses_agents = bool(self.agents.names)
         for demand, t in self.queue.candidates(self.now):
             if self.slots is not None and self.running >= self.slots:
                 return
+            if uses_agents and self.agents.free_slots <= 0:
+                return  # every agent is busy: nothing more can start now
             assert isinstance(demand, Demand)
             if self._try_start(t, demand):
                 self.queue.take(demand, t, self.now)

@@ -268,9 +268,8 @@ class Orchestrator(Steering):
         demand = self.demands.get(t)
         if demand is None:
             task = self.g.tasks[t]
-            counted, rated = self.resources.split(task.resources)
             pool = self.agents.pool_for(task.requires) if self.agents.names else -1
-            demand = self.demands[t] = Demand(counted, rated, pool)
+            demand = self.demands[t] = self.resources.demand(task.resources, pool)
         tail = self.g.critical_path_s - self.g.ls[t]
         self.queue.push(t, demand, self.g.priority_rank[t], tail, time.monotonic())
         self.state[t] = TaskState.READY
