@@ -786,3 +786,16 @@ def test_a_problem_without_a_position_renders_its_file_only() -> None:
 def test_a_warning_renders_as_a_warning() -> None:
     problem = Problem("hm", ("agents", "a"), Severity.WARNING, "try this", "p.yaml", 2, 3)
     assert problem.render() == "p.yaml:2:3: warning: agents.a: hm (try this)"
+
+
+def test_warnings_on_a_huge_plan_skip_the_second_parse_for_positions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from counterpoint.plan import load
+
+    text = "version: 1\nname: big\nphases:\n  - id: p\n"
+    monkeypatch.setattr(load, "PRECISE_WARNINGS_MAX_CHARS", 10)
+    report = load.check_text(text, "plan.yaml")
+    assert report.ok and report.warnings
+    assert report.warnings[0].line == 0
+    assert report.warnings[0].render().startswith("plan.yaml: warning:")
