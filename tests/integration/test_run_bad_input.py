@@ -8,7 +8,7 @@ import pytest
 from run_helpers import Result, Workspace, agent_spec, cli, one_phase, run_in_process, task
 
 
-def refused(result: Result, *phrases: str) -> None:
+def assert_refused(result: Result, *phrases: str) -> None:
     assert result.code == 2, str(result)
     assert "Traceback" not in result.output, str(result)
     for phrase in phrases:
@@ -35,7 +35,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 def test_a_missing_plan_file_exits_2_with_a_clear_message(tmp_path: Path, quiet: bool) -> None:
     missing = tmp_path / "nope.yaml"
     result = cli("run", missing, "--state", tmp_path / "state", *(["--quiet"] if quiet else []))
-    refused(result, "cannot read the plan", "nope.yaml")
+    assert_refused(result, "cannot read the plan", "nope.yaml")
     assert not (tmp_path / "state").exists()
 
 
@@ -57,7 +57,7 @@ phases:
 """
     )
     result = cli("run", ws.plan, "--state", ws.state, "--quiet")
-    refused(result, "bad duration '3 dayz'", "unknown task 'zz'", f"{ws.plan}:10:")
+    assert_refused(result, "bad duration '3 dayz'", "unknown task 'zz'", f"{ws.plan}:10:")
     assert ws.records() == []
 
 
@@ -66,8 +66,8 @@ def test_a_state_path_that_is_a_file_exits_2(tmp_path: Path) -> None:
     small(ws)
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    refused(cli("run", ws.plan, "--state", blocker, "--quiet"), "not-a-dir")
-    refused(cli("run", ws.plan, "--state", blocker / "state", "--quiet"), "state directory")
+    assert_refused(cli("run", ws.plan, "--state", blocker, "--quiet"), "not-a-dir")
+    assert_refused(cli("run", ws.plan, "--state", blocker / "state", "--quiet"), "state directory")
     assert ws.records() == []
 
 
@@ -78,8 +78,8 @@ def test_a_corrupt_state_database_exits_2_naming_the_file(tmp_path: Path) -> Non
     db = ws.state / "state.db"
     db.write_bytes(b"this is not SQLite \x00\xff\xfe" * 200)
     for args in (["status"], ["status", "--json"], ["resume", "--quiet"], ["logs", "t1"]):
-        refused(cli(*args, "--state", ws.state), str(db), "corrupt")
-    refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), str(db))
+        assert_refused(cli(*args, "--state", ws.state), str(db), "corrupt")
+    assert_refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), str(db))
     assert ws.records() == []
 
 
@@ -92,7 +92,7 @@ def test_a_damaged_page_in_a_real_state_database_exits_2(
     data[4096:12288] = b"\x5a" * len(data[4096:12288])
     (state / "state.db").write_bytes(bytes(data))
     for args in (["status", "--json"], ["resume", "--quiet"], ["cancel"]):
-        refused(cli(*args, "--state", state), str(state / "state.db"))
+        assert_refused(cli(*args, "--state", state), str(state / "state.db"))
 
 
 @pytest.mark.parametrize(
@@ -103,43 +103,45 @@ def test_a_damaged_page_in_a_real_state_database_exits_2(
 def test_commands_on_a_state_dir_without_a_run_exit_2(tmp_path: Path, args: list[str]) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    refused(cli(*args, "--state", empty), "empty")
-    refused(cli(*args, "--state", tmp_path / "never-created"), "never-created")
+    assert_refused(cli(*args, "--state", empty), "empty")
+    assert_refused(cli(*args, "--state", tmp_path / "never-created"), "never-created")
     assert not (tmp_path / "never-created").exists()
 
 
 def test_logs_of_an_unknown_task_exits_2(finished: Workspace) -> None:
-    refused(cli("logs", "no_such_task", "--state", finished.state), "unknown task 'no_such_task'")
-    refused(cli("logs", "t1", "--attempt", "7", "--state", finished.state), "no attempt 7")
+    result = cli("logs", "no_such_task", "--state", finished.state)
+    assert_refused(result, "unknown task 'no_such_task'")
+    assert_refused(cli("logs", "t1", "--attempt", "7", "--state", finished.state), "no attempt 7")
 
 
 def test_cancel_of_a_finished_run_exits_2(finished: Workspace) -> None:
-    refused(cli("cancel", "--state", finished.state), "not running")
+    assert_refused(cli("cancel", "--state", finished.state), "not running")
 
 
 def test_agent_state_of_an_unknown_agent_exits_2_naming_the_known_ones(finished: Workspace) -> None:
     result = cli("agent-state", "ghost", "maintenance", "--state", finished.state)
-    refused(result, "unknown agent 'ghost'", "dev")
+    assert_refused(result, "unknown agent 'ghost'", "dev")
 
 
 def test_a_plan_without_agents_can_be_analysed_but_not_run(tmp_path: Path) -> None:
     ws = Workspace.create(tmp_path)
     ws.write_plan(one_phase([task("t1")]))
     assert cli("check", ws.plan).code == 0
-    refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), "can be analysed but not run")
+    result = cli("run", ws.plan, "--state", ws.state, "--quiet")
+    assert_refused(result, "can be analysed but not run")
 
 
 def test_a_plan_with_a_remote_runner_is_refused_as_not_yet_supported(tmp_path: Path) -> None:
     ws = Workspace.create(tmp_path)
     ws.write_plan(one_phase([task("t1")], agents={"far": {"runner": {"remote": True}}}))
-    refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), "not yet supported")
+    assert_refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), "not yet supported")
 
 
 def test_a_refused_run_is_not_left_behind_as_an_interrupted_run(tmp_path: Path) -> None:
     """Exit 2 means nothing ran: `status` must not offer a never-started run for resuming."""
     ws = Workspace.create(tmp_path)
     ws.write_plan(one_phase([task("t1")], agents={"far": {"runner": {"remote": True}}}))
-    refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), "not yet supported")
+    assert_refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), "not yet supported")
     status = cli("status", "--json", "--state", ws.state)
     assert "Traceback" not in status.output
     if status.code == 0:
@@ -155,4 +157,4 @@ def test_a_runner_module_that_cannot_be_imported_exits_2_naming_it(tmp_path: Pat
     ws.write_plan(
         one_phase([task("t1")], agents={"dev": {"runner": {"python": "no_such_agents_mod:work"}}})
     )
-    refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), "no_such_agents_mod")
+    assert_refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), "no_such_agents_mod")
