@@ -172,9 +172,7 @@ def _print_summary(directory: Path, graph: Graph | None) -> None:
         tasks = store.tasks(record.id)
     finally:
         store.close()
-    counts: dict[str, int] = {}
-    for rec in tasks.values():
-        counts[rec.state] = counts.get(rec.state, 0) + 1
+    counts = _tally(tasks)
     per_phase = _per_phase(graph, tasks) if graph is not None else []
     out.print(live.summary_table(counts, per_phase))
     for rec in sorted(tasks.values(), key=lambda r: r.task):
@@ -182,6 +180,14 @@ def _print_summary(directory: Path, graph: Graph | None) -> None:
             why = rec.error if rec.state == "failed" else f"blocked by {rec.blocked_by}"
             out.print(f"[red]{rec.state}[/] {esc(rec.task)}: {esc(str(why))}")
     out.print(f"run {record.id}: {record.status} (state in {esc(str(directory))})")
+
+
+def _tally(tasks: dict[str, Any]) -> dict[str, int]:
+    """How many tasks are in each state."""
+    counts: dict[str, int] = {}
+    for rec in tasks.values():
+        counts[rec.state] = counts.get(rec.state, 0) + 1
+    return counts
 
 
 def _per_phase(graph: Graph, tasks: dict[str, Any]) -> list[tuple[str, dict[str, int]]]:
@@ -221,9 +227,7 @@ def status(state: str | None, as_json: bool) -> None:
 def _status_report(
     record: RunRecord, tasks: dict[str, Any], agents: dict[str, str], alive: bool
 ) -> dict[str, Any]:
-    counts: dict[str, int] = {}
-    for rec in tasks.values():
-        counts[rec.state] = counts.get(rec.state, 0) + 1
+    counts = _tally(tasks)
     now = time.time()
     status = record.status
     if status == "running" and not alive:
@@ -302,32 +306,37 @@ def agent_state(agent: str, new_state: str, state: str | None) -> None:
     out.print(f"agent {esc(agent)}: {new_state}")
 
 
-def _decide(gate: str, name: str, comment: str, state: str | None, approve: bool) -> None:
-    try:
-        decide_gate(_state_dir(state), gate, name, approve, comment)
-    except CounterpointError as exc:
-        fail(str(exc))
-    out.print(f"{esc(gate)}: {'approved' if approve else 'rejected'} by {esc(name)}")
+def _gate_command(name: str, approve: bool, summary: str, who: str, why: str) -> None:
+    """Register ``approve`` or ``reject``: the same command with the opposite decision."""
+
+    @cli.command(name, help=summary)
+    @click.argument("gate")
+    @click.option("--as", "person", required=True, help=who)
+    @click.option("--comment", default="", help=why)
+    @state_option
+    def decide(gate: str, person: str, comment: str, state: str | None) -> None:
+        try:
+            decide_gate(_state_dir(state), gate, person, approve, comment)
+        except CounterpointError as exc:
+            fail(str(exc))
+        verdict = "approved" if approve else "rejected"
+        out.print(f"{esc(gate)}: {verdict} by {esc(person)}")
 
 
-@cli.command()
-@click.argument("gate")
-@click.option("--as", "name", required=True, help="Who approves (one of the gate's approvers).")
-@click.option("--comment", default="", help="A note kept with the approval.")
-@state_option
-def approve(gate: str, name: str, comment: str, state: str | None) -> None:
-    """Approve GATE (PHASE.entry or PHASE.exit) as NAME; the waiting run continues."""
-    _decide(gate, name, comment, state, True)
-
-
-@cli.command()
-@click.argument("gate")
-@click.option("--as", "name", required=True, help="Who rejects.")
-@click.option("--comment", default="", help="Why.")
-@state_option
-def reject(gate: str, name: str, comment: str, state: str | None) -> None:
-    """Reject GATE as NAME: the gate fails and what waits on it is blocked."""
-    _decide(gate, name, comment, state, False)
+_gate_command(
+    "approve",
+    True,
+    "Approve GATE (PHASE.entry or PHASE.exit) as NAME; the waiting run continues.",
+    "Who approves (one of the gate's approvers).",
+    "A note kept with the approval.",
+)
+_gate_command(
+    "reject",
+    False,
+    "Reject GATE as NAME: the gate fails and what waits on it is blocked.",
+    "Who rejects (one of the gate's approvers).",
+    "Why.",
+)
 
 
 @cli.command()

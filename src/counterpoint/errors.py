@@ -86,7 +86,3 @@ class PlanError(CounterpointError, ValueError):
 
 class ScheduleError(CounterpointError, ValueError):
     """A plan cannot be scheduled (for example a task no agent or resource can ever serve)."""
-
-
-class UsageError(CounterpointError, ValueError):
-    """A command was called with arguments that cannot work."""

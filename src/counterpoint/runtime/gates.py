@@ -80,9 +80,8 @@ class Approval:
 class GateChecker:
     """Evaluates gate conditions against run metrics, commands and recorded approvals."""
 
-    def __init__(self, plan_dir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, plan_dir: Path) -> None:
         self.plan_dir = plan_dir
-        self.env = dict(env or {})
 
     async def evaluate(
         self,
