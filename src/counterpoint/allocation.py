@@ -27,6 +27,7 @@ class AgentState(StrEnum):
     BUSY = "busy"
     MAINTENANCE = "maintenance"
     LOST = "lost"
+    OFFLINE = "offline"
 
 
 class TokenBucket:
@@ -135,6 +136,7 @@ class AgentPool:
         self.free_slots = sum(self.capacity)
         self.maintenance = [False] * len(self.names)
         self.lost = [False] * len(self.names)
+        self.offline = [False] * len(self.names)  # remote agents not connected
         self.pools: list[list[int]] = []
         self._pool_ids: dict[frozenset[str], int] = {}
 
@@ -154,12 +156,19 @@ class AgentPool:
         best: int | None = None
         best_key = (0, 0.0)
         for a in self.pools[pool]:
-            if self.running[a] >= self.capacity[a] or self.maintenance[a] or self.lost[a]:
+            if self.running[a] >= self.capacity[a] or not self.usable(a):
                 continue
             key = (len(self.capabilities[a]), self.running[a] / self.capacity[a])
             if best is None or key < best_key:
                 best, best_key = a, key
         return best
+
+    def usable(self, agent: int) -> bool:
+        return not (self.maintenance[agent] or self.lost[agent] or self.offline[agent])
+
+    def set_capacity(self, agent: int, capacity: int) -> None:
+        self.free_slots += capacity - self.capacity[agent]
+        self.capacity[agent] = capacity
 
     def take(self, agent: int) -> None:
         self.running[agent] += 1
@@ -172,6 +181,8 @@ class AgentPool:
     def state(self, agent: int) -> AgentState:
         if self.lost[agent]:
             return AgentState.LOST
+        if self.offline[agent]:
+            return AgentState.OFFLINE
         if self.maintenance[agent]:
             return AgentState.MAINTENANCE
         if self.running[agent] >= self.capacity[agent]:
@@ -179,8 +190,5 @@ class AgentPool:
         return AgentState.AVAILABLE
 
     def can_ever_run(self, pool: int) -> bool:
-        """False when every able agent is lost, in maintenance or has no capacity."""
-        return any(
-            self.capacity[a] > 0 and not self.maintenance[a] and not self.lost[a]
-            for a in self.pools[pool]
-        )
+        """False when every able agent is lost, offline, in maintenance or has no capacity."""
+        return any(self.capacity[a] > 0 and self.usable(a) for a in self.pools[pool])

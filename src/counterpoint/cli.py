@@ -219,7 +219,7 @@ def schema(output: str | None, messages: bool) -> None:
 
 
 def main() -> None:
-    from counterpoint import cli_run  # noqa: F401 - registers the run commands
+    from counterpoint import cli_net, cli_run  # noqa: F401 - register their commands
 
     try:
         cli.main(prog_name="counterpoint", standalone_mode=False)

@@ -22,6 +22,7 @@ from counterpoint.plan.graph import Graph
 from counterpoint.runtime.events import RunObserver
 from counterpoint.runtime.orchestrator import RunOptions, task_log_dir
 from counterpoint.runtime.session import (
+    ServeOptions,
     decide_gate,
     default_state_dir,
     latest,
@@ -61,6 +62,31 @@ def _open(state: str | None) -> tuple[SqliteStore, RunRecord]:
         fail(str(exc))
 
 
+def serve_options(func: Any) -> Any:
+    func = click.option(
+        "--port",
+        type=click.IntRange(0, 65535),
+        help="Port to serve on (implies --serve; default 8765, 0 picks a free one).",
+    )(func)
+    func = click.option(
+        "--host",
+        metavar="HOST",
+        help="Address to serve on (implies --serve; default 127.0.0.1, loopback only).",
+    )(func)
+    func = click.option(
+        "--serve",
+        is_flag=True,
+        help="Serve the hub: remote agents connect over WebSocket, operators use the HTTP API.",
+    )(func)
+    return func
+
+
+def serving(serve: bool, host: str | None, port: int | None) -> ServeOptions | None:
+    if not (serve or host or port is not None):
+        return None
+    return ServeOptions(host or "127.0.0.1", 8765 if port is None else port)
+
+
 def _output_options(func: Any) -> Any:
     func = click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")(func)
     func = click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")(func)
@@ -85,6 +111,7 @@ def _output_options(func: Any) -> Any:
     show_default=True,
     help="Journal durability: full survives power loss; normal only process crashes.",
 )
+@serve_options
 @_output_options
 def run(
     plan: str,
@@ -92,6 +119,9 @@ def run(
     time_scale: float,
     approve_as: str | None,
     sync: str,
+    serve: bool,
+    host: str | None,
+    port: int | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -99,8 +129,9 @@ def run(
     path = Path(plan)
     directory = Path(state) if state else default_state_dir(path)
     options = RunOptions(time_scale=time_scale, approve_as=approve_as)
+    hub = serving(serve, host, port)
     _execute(
-        lambda observers: start_run(path, directory, options, observers, sync=sync),
+        lambda observers: start_run(path, directory, options, observers, sync=sync, serve=hub),
         directory,
         quiet,
         as_json,
@@ -118,22 +149,47 @@ def run(
     help="Journal durability: full survives power loss; normal only process crashes.",
 )
 @click.option("--retry-failed", is_flag=True, help="Run failed tasks again (and what they block).")
+@serve_options
 @_output_options
 def resume(
     state: str | None,
     allow_changed_plan: bool,
     sync: str,
     retry_failed: bool,
+    serve: bool,
+    host: str | None,
+    port: int | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Continue the latest run after an interruption or a crash; finished work is not redone."""
+    resume_latest(
+        state, allow_changed_plan, sync, retry_failed, serving(serve, host, port), quiet, as_json
+    )
+
+
+def resume_latest(
+    state: str | None,
+    allow_changed_plan: bool,
+    sync: str,
+    retry_failed: bool,
+    hub: ServeOptions | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     store, record = _open(state)
     store.close()
+    if hub is not None and record.status == "completed" and not retry_failed:
+        fail(
+            f"the latest run in {_state_dir(state)} has completed; start a new one with "
+            "`counterpoint run PLAN --serve`"
+        )
     options = stored_options(record, retry_failed=retry_failed)
     directory = _state_dir(state)
     _execute(
-        lambda observers: resume_run(directory, options, observers, allow_changed_plan, sync),
+        lambda observers: resume_run(
+            directory, options, observers, allow_changed_plan, sync, serve=hub
+        ),
         directory,
         quiet,
         as_json,

@@ -131,17 +131,22 @@ def test_a_plan_without_agents_can_be_analysed_but_not_run(tmp_path: Path) -> No
     assert_refused(result, "can be analysed but not run")
 
 
-def test_a_plan_with_a_remote_runner_is_refused_as_not_yet_supported(tmp_path: Path) -> None:
+def test_a_plan_with_a_remote_agent_needs_serve_and_a_token(tmp_path: Path) -> None:
     ws = Workspace.create(tmp_path)
     ws.write_plan(one_phase([task("t1")], agents={"far": {"runner": {"remote": True}}}))
-    assert_refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), "not yet supported")
+    assert_refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), "run it with --serve")
+    assert_refused(
+        cli("run", ws.plan, "--state", ws.state, "--quiet", "--serve", "--port", "0"),
+        "remote agent 'far' has no token",
+        "counterpoint token create far",
+    )
 
 
 def test_a_refused_run_is_not_left_behind_as_an_interrupted_run(tmp_path: Path) -> None:
     """Exit 2 means nothing ran: `status` must not offer a never-started run for resuming."""
     ws = Workspace.create(tmp_path)
     ws.write_plan(one_phase([task("t1")], agents={"far": {"runner": {"remote": True}}}))
-    assert_refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), "not yet supported")
+    assert_refused(cli("run", ws.plan, "--state", ws.state, "--quiet"), "--serve")
     status = cli("status", "--json", "--state", ws.state)
     assert "Traceback" not in status.output
     if status.code == 0:

@@ -39,6 +39,11 @@ class RateLimited(CounterpointError):
         self.retry_after_s = max(0.0, float(retry_after_s))
 
 
+class AgentLost(CounterpointError):
+    """The agent running the task was lost (or is not connected): the task goes back to the
+    queue without using up a retry, and a late result from that attempt is refused."""
+
+
 ProgressSink = Callable[[str, float, str], None]
 
 

@@ -157,9 +157,9 @@ class Bus:
 
     async def publish(self, message: Message) -> int:
         """Deliver to every recipient, waiting while a mailbox is full; returns how many."""
+        boxes = self._routable(message)  # an unknown recipient is refused before journaling
         if not self._admit(message):
             return 0
-        boxes = self._routable(message)
         for box in boxes:
             await box.put(message)
         return len(boxes)

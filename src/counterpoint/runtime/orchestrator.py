@@ -22,10 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from counterpoint.agents.base import RateLimited, TaskContext, TaskFailed
+from counterpoint.agents.base import AgentLost, RateLimited, TaskContext, TaskFailed
 from counterpoint.allocation import AgentPool, Demand, ResourcePool
 from counterpoint.messaging.bus import Bus, BusFull
-from counterpoint.messaging.protocol import Message, Status, status_update
+from counterpoint.messaging.protocol import (
+    Content,
+    Message,
+    MessageType,
+    Status,
+    now,
+    status_update,
+)
 from counterpoint.plan.graph import Graph
 from counterpoint.plan.model import OnFailure
 from counterpoint.queueing import ReadyQueue
@@ -36,6 +43,8 @@ from counterpoint.runtime.steering import Steering
 from counterpoint.store.sqlite import SqliteStore, TaskRecord
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
+MAX_LOSSES = 3  # a task whose agent is lost more often than this fails
+WAITING_NOTE_EVERY_S = 15.0
 _SAFE = re.compile(r"[^A-Za-z0-9_.@-]")
 
 
@@ -107,6 +116,11 @@ class Orchestrator(Steering):
         self.bus = Bus(journal=self._journal_message)
         for name, spec in self.plan.agents.items():
             self.bus.subscribe(name, groups=spec.capabilities)
+        self.losses = [0] * nt
+        self.hub_url: str | None = None
+        self._waiting_noted = -math.inf
+        for name in runners.remote_agents:  # until they connect
+            self.agents.offline[self.agents.index[name]] = True
 
     # -- public -----------------------------------------------------------------
 
@@ -115,6 +129,8 @@ class Orchestrator(Steering):
         self._restore(previous or {})
         self.observers.attach(self.g)
         self.emit("run_started", tasks=self.g.n_tasks, resumed=bool(previous))
+        if self.hub_url is not None:
+            self.emit("hub_listening", url=self.hub_url, remote_agents=self.runners.remote_agents)
         try:
             while not self._finished():
                 self._drain()
@@ -124,6 +140,7 @@ class Orchestrator(Steering):
                 self._dispatch()
                 if self._finished():
                     break
+                self._note_waiting()
                 await self._sleep()
         finally:
             await self._stop_everything()
@@ -162,7 +179,13 @@ class Orchestrator(Steering):
             }
             for t in self.running
         ]
-        return {"counts": counts, "running": running, "waiting_gates": len(self.gates_waiting)}
+        agents = {name: self.agents.state(a).value for a, name in enumerate(self.agents.names)}
+        return {
+            "counts": counts,
+            "running": running,
+            "waiting_gates": len(self.gates_waiting),
+            "agents": agents,
+        }
 
     def emit(self, kind: str, task: int | None = None, **data: Any) -> None:
         tid = self.g.task_ids[task] if task is not None else None
@@ -330,7 +353,11 @@ class Orchestrator(Steering):
             log_dir=log_dir,
             time_scale=self.options.time_scale,
             estimate_s=self.g.duration[t] * self.options.time_scale,
-            on_progress=self._on_progress,
+            on_progress=(
+                self._note_progress
+                if self.runners.is_remote(task.id, self._agent_name(t))
+                else self._on_progress
+            ),
             bus=self.bus,
             response_sla_s=self.plan.settings.response_sla * self.options.time_scale,
         )
@@ -368,6 +395,8 @@ class Orchestrator(Steering):
                 exc.retry_after_s,
                 str(exc),
             )
+        except AgentLost as exc:
+            outcome.kind, outcome.error = "lost", str(exc)
         except TimeoutError:
             outcome.kind, outcome.error = "timed_out", f"timed out after {timeout:g}s"
         except asyncio.CancelledError:
@@ -435,6 +464,22 @@ class Orchestrator(Steering):
         self._save(t)
         self.emit("task_rate_limited", t, retry_after_s=done.retry_after_s)
         self._timer(until, t)
+
+    def _on_lost(self, done: Completion) -> None:
+        """The agent was lost: the task goes back to the queue without using a retry."""
+        t = done.node
+        self.losses[t] += 1
+        self._finish_attempt(done, "lost")
+        if self.losses[t] > MAX_LOSSES:
+            self._fail(t, f"lost its agent {self.losses[t]} times; last: {done.error}")
+            return
+        if self.cancelling is not None or self.failed_fast:
+            self.state[t] = TaskState.CANCELLED
+            self._save(t)
+            return
+        self.emit("task_requeued", t, attempt=done.attempt, reason=done.error)
+        self._enqueue(t)
+        self._save(t)
 
     def _on_cancelled(self, done: Completion) -> None:
         t = done.node
@@ -591,7 +636,60 @@ class Orchestrator(Steering):
                 message=message,
             )
         )
+        self._note_progress(task_id, percent, message)
+
+    def _note_progress(self, task_id: str, percent: float, message: str) -> None:
+        """Show progress a remote agent reported (its status update is already journaled)."""
+        t = self.g.index[task_id]
         self.progress[t] = (percent, message)
         self.observers.emit(
             RunEvent("task_progress", task_id, {"progress": percent, "message": message})
         )
+
+    # -- remote agents -----------------------------------------------------------------
+
+    def remote_state(self, agent: str, state: str, info: dict[str, Any]) -> None:
+        """The hub says a remote agent connected (``available``), dropped or was lost."""
+        a = self.agents.index.get(agent)
+        if a is None:
+            return
+        if state == "available":
+            self.agents.offline[a] = self.agents.lost[a] = False
+            capacity = min(self.plan.agents[agent].capacity, int(info.get("capacity", 1)))
+            self.agents.set_capacity(a, capacity)
+            self.emit("agent_connected", agent=agent, **info)
+        elif state == "offline":
+            self.agents.offline[a] = True
+            self.emit("agent_disconnected", agent=agent, **info)
+        elif state == "lost":
+            self.agents.lost[a] = True
+            self.emit("agent_lost", agent=agent, **info)
+            notice = Message(
+                sender="orchestrator",
+                recipient="*",
+                type=MessageType.NOTIFICATION,
+                timestamp=now(),
+                priority="high",
+                content=Content(
+                    event_type="agent_lost", severity="warning", data={"agent": agent, **info}
+                ),
+            )
+            with suppress(BusFull):
+                self.bus.publish_nowait(notice)
+        self.wake.set()
+
+    def _note_waiting(self) -> None:
+        """While nothing runs and remote agents are missing, say what the run waits for."""
+        if self.running or not self.queue or self.hub_url is None:
+            return
+        now = time.monotonic()
+        if now - self._waiting_noted < WAITING_NOTE_EVERY_S:
+            return
+        missing = [
+            name
+            for name in self.runners.remote_agents
+            if not self.agents.usable(self.agents.index[name])
+        ]
+        if missing:
+            self._waiting_noted = now
+            self.emit("waiting_for_agents", agents=missing, url=self.hub_url)

@@ -3,28 +3,50 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from counterpoint.agents.base import Runner
+from counterpoint.agents.base import Runner, TaskContext
 from counterpoint.agents.python import PythonRunner
 from counterpoint.errors import CounterpointError
 from counterpoint.plan.model import Plan
 from counterpoint.plan.model import Runner as RunnerSpec
+
+if TYPE_CHECKING:
+    from counterpoint.net.hub import Hub
 
 
 class NotSupportedError(CounterpointError):
     """A plan uses a feature this release does not run yet."""
 
 
-def build_runner(spec: RunnerSpec, plan_dir: Path, kill_grace_s: float) -> Runner:
+class RemoteRunner:
+    """Hands each attempt to a remote agent through the hub, and waits for its result."""
+
+    def __init__(self, agent: str) -> None:
+        self.agent = agent
+        self.hub: Hub | None = None
+
+    async def __call__(self, ctx: TaskContext) -> dict[str, Any]:
+        if self.hub is None:
+            raise NotSupportedError(f"agent {self.agent!r} is remote: run the plan with --serve")
+        return await self.hub.run_task(self.agent, ctx)
+
+
+def build_runner(
+    spec: RunnerSpec, plan_dir: Path, kill_grace_s: float, agent: str | None = None
+) -> Runner:
     if spec.python:
         return PythonRunner(spec.python, plan_dir)
     if spec.shell is not None:
         from counterpoint.agents.shell import ShellRunner
 
         return ShellRunner(spec, plan_dir, kill_grace_s=kill_grace_s)
-    raise NotSupportedError(
-        "remote agents (runner: {remote: true}) are not yet supported by this release"
-    )
+    if agent is None:
+        raise NotSupportedError(
+            "a task's own run: cannot be remote; give an agent runner: {remote: true} "
+            "and the task the capabilities that agent has"
+        )
+    return RemoteRunner(agent)
 
 
 class Runners:
@@ -32,7 +54,7 @@ class Runners:
 
     def __init__(self, plan: Plan, plan_dir: Path, kill_grace_s: float) -> None:
         self.by_agent = {
-            name: build_runner(a.runner, plan_dir, kill_grace_s)
+            name: build_runner(a.runner, plan_dir, kill_grace_s, name)
             for name, a in plan.agents.items()
             if a.runner is not None
         }
@@ -58,6 +80,18 @@ class Runners:
                     f"task {task.id!r} could be given to agent {bare[0]!r}, which has no runner; "
                     "give the agent a runner or the task its own run:"
                 )
+
+    @property
+    def remote_agents(self) -> list[str]:
+        return [name for name, r in self.by_agent.items() if isinstance(r, RemoteRunner)]
+
+    def attach_hub(self, hub: Hub) -> None:
+        for runner in self.by_agent.values():
+            if isinstance(runner, RemoteRunner):
+                runner.hub = hub
+
+    def is_remote(self, task: str, agent: str | None) -> bool:
+        return task not in self.by_task and isinstance(self.by_agent.get(agent or ""), RemoteRunner)
 
     def for_task(self, task: str, agent: str | None) -> Runner:
         runner = self.by_task.get(task)

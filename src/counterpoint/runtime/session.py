@@ -33,6 +33,14 @@ from counterpoint.store.sqlite import RunRecord, SqliteStore, StateDirError
 LOCK_NAME = "run.lock"
 
 
+@dataclass(frozen=True)
+class ServeOptions:
+    """Serve the run's hub (remote agents, the operator API) on ``host:port``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+
+
 class RunRefused(CounterpointError):
     """The run cannot start or resume as asked (the message says why and what to do)."""
 
@@ -47,8 +55,28 @@ def fingerprint(plan: Plan) -> tuple[str, str]:
     return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
 
 
-def check_runnable(plan: Plan) -> None:
+def check_runnable(
+    plan: Plan, serve: ServeOptions | None = None, state_dir: Path | None = None
+) -> None:
     """Refuse plans that use what this release does not run yet (clear message, exit 2)."""
+    remote = [n for n, a in plan.agents.items() if a.runner is not None and a.runner.remote]
+    if remote and serve is None:
+        raise RunRefused(
+            f"the plan has remote agents ({', '.join(remote)}): run it with --serve "
+            "so they can connect"
+        )
+    if remote and state_dir is not None:
+        from counterpoint.net.tokens import TokenStore
+
+        tokens = TokenStore(state_dir)
+        without = [
+            n for n in remote if not any(t.name == n for t in tokens.list() if t.kind == "agent")
+        ]
+        if without:
+            raise RunRefused(
+                f"remote agent {without[0]!r} has no token; create one with "
+                f"`counterpoint token create {without[0]} --state {state_dir}`"
+            )
     if not plan.agents:
         raise RunRefused("the plan has no agents: it can be analysed but not run")
     if plan.settings.backend != "local":
@@ -109,16 +137,18 @@ def start_run(
     options: RunOptions | None = None,
     observers: Sequence[RunObserver] = (),
     sync: str = "full",
+    serve: ServeOptions | None = None,
 ) -> int:
     """Run a plan from the start; returns the exit code (0 done, 1 failures, 3 cancelled).
 
-    ``state_dir`` defaults to ``.counterpoint`` next to the plan file.
+    ``state_dir`` defaults to ``.counterpoint`` next to the plan file. With ``serve``
+    the run serves its hub, so remote agents (``runner: {remote: true}``) can connect.
     """
     plan_path = Path(plan_path)
     state_dir = Path(state_dir).resolve() if state_dir is not None else default_state_dir(plan_path)
     options = options or RunOptions()
     plan = load_plan(plan_path)
-    check_runnable(plan)
+    check_runnable(plan, serve, state_dir)
     graph = plan.compile(check=False)
     runners = Runners(plan, plan_path.resolve().parent, options.kill_grace_s)
     with run_lock(state_dir):
@@ -128,7 +158,7 @@ def start_run(
             run_id = store.create_run(
                 str(plan_path.resolve()), plan.name, digest, text, asdict(options), graph.task_ids
             )
-            run = _Run(graph, store, run_id, runners, options, observers, state_dir)
+            run = _Run(graph, store, run_id, runners, options, observers, state_dir, serve)
             return _drive(run, None)
         finally:
             store.close()
@@ -140,6 +170,7 @@ def resume_run(
     observers: Sequence[RunObserver] = (),
     allow_changed_plan: bool = False,
     sync: str = "full",
+    serve: ServeOptions | None = None,
 ) -> int:
     """Continue the latest run in ``state_dir`` after an interruption or a crash.
 
@@ -160,14 +191,14 @@ def resume_run(
                     f"{describe_changes(store.plan_json(record.id), text)}; "
                     "resume with --allow-changed-plan to accept the change"
                 )
-            check_runnable(plan)
+            check_runnable(plan, serve, state_dir)
             graph = plan.compile(check=False)
             runners = Runners(plan, Path(record.plan_path).parent, options.kill_grace_s)
             if digest != record.fingerprint:
                 store.adopt_plan(record.id, digest, text, graph.task_ids)
             previous = store.tasks(record.id)
             store.event(record.id, "run_resumed", plan_changed=digest != record.fingerprint)
-            run = _Run(graph, store, record.id, runners, options, observers, state_dir)
+            run = _Run(graph, store, record.id, runners, options, observers, state_dir, serve)
             return _drive(run, previous)
         finally:
             store.close()
@@ -205,6 +236,7 @@ class _Run:
     options: RunOptions
     observers: Sequence[RunObserver]
     state_dir: Path
+    serve: ServeOptions | None = None
 
 
 def _drive(run: _Run, previous: dict[str, Any] | None) -> int:
@@ -237,10 +269,47 @@ async def _main(run: _Run, previous: dict[str, Any] | None) -> int:
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        return await orch.run(previous)
+        if run.serve is None:
+            return await orch.run(previous)
+        return await _served(run, orch, previous)
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None) -> int:
+    """Run with the hub served: remote agents connect, operators use the HTTP API."""
+    from counterpoint.net.frames import CLOSE_RUN_FINISHED
+    from counterpoint.net.hub import Hub
+    from counterpoint.net.server import HubServer, Operations
+    from counterpoint.net.tokens import TokenStore
+
+    assert run.serve is not None
+    plan = run.graph.plan
+    hub = Hub(
+        orch.bus,
+        plan.agents,
+        heartbeat_s=plan.settings.heartbeat,
+        commit=run.store.flush,
+        on_state=orch.remote_state,
+    )
+    server = HubServer(
+        hub,
+        TokenStore(run.state_dir),
+        run.serve.host,
+        run.serve.port,
+        Operations(status=orch.snapshot, cancel=orch.cancel),
+    )
+    await server.start()
+    run.runners.attach_hub(hub)
+    orch.hub_url = server.url
+    try:
+        code = await orch.run(previous)
+    except BaseException:
+        await server.stop()
+        raise
+    await server.stop(CLOSE_RUN_FINISHED, "the run finished")
+    return code
 
 
 def describe_changes(old_json: str, new_json: str) -> str:

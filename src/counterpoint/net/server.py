@@ -1,0 +1,216 @@
+"""The HTTP + WebSocket server in front of the hub (starlette on uvicorn).
+
+Routes:
+
+- ``GET /healthz``: ``{"status": "ok"}``, no token needed.
+- ``WS /agents/{agent}/ws``: a remote agent's session; ``Authorization: Bearer
+  TOKEN`` with the agent's own token, else the upgrade is refused (HTTP 403).
+- ``GET /api/run``: the run's status (operator token).
+- ``POST /api/cancel``: cancel the run (operator token).
+
+It binds to 127.0.0.1 unless told otherwise, and never lets bad input crash it:
+a frame that breaks the protocol gets an error frame, a frame larger than
+twice the message limit closes the connection (1009).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from counterpoint.errors import CounterpointError
+from counterpoint.net import frames as fr
+from counterpoint.net.hub import Hub
+from counterpoint.net.tokens import TokenStore
+
+log = logging.getLogger("counterpoint.server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+class ServerError(CounterpointError):
+    """The server cannot start (the address is taken, the host is unknown...)."""
+
+
+class Operations:
+    """What operators may do over HTTP; the run engine provides it."""
+
+    def __init__(
+        self,
+        status: Callable[[], dict[str, Any]],
+        cancel: Callable[[str], None],
+    ) -> None:
+        self.status = status
+        self.cancel = cancel
+
+
+def bearer(conn: HTTPConnection) -> str:
+    scheme, _, token = conn.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+class _StarletteConnection:
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def send_text(self, text: str) -> None:
+        await self.ws.send_text(text)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        await self.ws.close(code, reason)
+
+
+async def _incoming(ws: WebSocket) -> AsyncIterator[str]:
+    while True:
+        try:
+            event = await ws.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        if event["type"] == "websocket.disconnect":
+            return
+        text = event.get("text")
+        if text is None:
+            data = event.get("bytes") or b""
+            text = data.decode("utf-8", errors="replace")
+        yield text
+
+
+def build_app(hub: Hub, tokens: TokenStore, operations: Operations | None = None) -> Starlette:
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "agents": len(hub.connected())})
+
+    async def agent_ws(ws: WebSocket) -> None:
+        agent = ws.path_params["agent"]
+        if not tokens.check(agent, bearer(ws)):
+            log.warning("refused a connection for agent %r: bad or missing token", agent)
+            await ws.close(fr.CLOSE_UNAUTHORIZED)  # before accept: HTTP 403
+            return
+        await ws.accept()
+        await hub.serve(agent, _StarletteConnection(ws), _incoming(ws))
+
+    def operator(request: Request) -> str | None:
+        return tokens.operator(bearer(request))
+
+    def refused() -> JSONResponse:
+        return JSONResponse(
+            {"error": "an operator token is required (Authorization: Bearer TOKEN)"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    async def run_status(request: Request) -> JSONResponse:
+        if operator(request) is None:
+            return refused()
+        body = operations.status() if operations else {}
+        return JSONResponse({**body, "agents": hub.connected()})
+
+    async def cancel(request: Request) -> JSONResponse:
+        who = operator(request)
+        if who is None:
+            return refused()
+        if operations is None:
+            return JSONResponse({"error": "no run to cancel"}, status_code=409)
+        operations.cancel(f"cancelled by operator {who}")
+        return JSONResponse({"cancelling": True, "by": who}, status_code=202)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            WebSocketRoute("/agents/{agent}/ws", agent_ws),
+            Route("/api/run", run_status),
+            Route("/api/cancel", cancel, methods=["POST"]),
+        ]
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the run engine owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HubServer:
+    """Serves ``hub`` on ``host:port`` within the running event loop."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        tokens: TokenStore,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        operations: Operations | None = None,
+    ) -> None:
+        self.hub = hub
+        self.host = host
+        self.port = port
+        self.app = build_app(hub, tokens, operations)
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}"
+
+    async def start(self) -> None:
+        sock = _bind(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            ws="websockets-sansio",
+            ws_max_size=2 * self.hub.max_message_bytes,
+            ws_ping_interval=None,  # the protocol has its own heartbeats
+            lifespan="off",
+            access_log=False,
+        )
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise ServerError(f"the server on {self.url} stopped while starting")
+            await asyncio.sleep(0.01)
+        self.hub.start()
+
+    async def stop(self, code: int = fr.CLOSE_GOING_AWAY, reason: str = "shutting down") -> None:
+        await self.hub.close(code, reason)
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 5.0)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ServerError(f"cannot serve on {host}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ServerError(
+            f"cannot serve on {host}:{port}: {exc.strerror}"
+            + ("; choose another --port" if exc.errno == 98 else "")
+        ) from None
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
