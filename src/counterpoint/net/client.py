@@ -87,6 +87,7 @@ class AgentClient:
         self.errors: list[dict[str, Any]] = []
         self.connections = 0
         self._queue: asyncio.Queue[str] | None = None
+        self.ws: ClientConnection | None = None  # the live connection, if any
         self._stop = asyncio.Event()
         self._heard = 0.0
 
@@ -168,6 +169,7 @@ class AgentClient:
             )
         await self._welcomed(welcome)
         self.connections += 1
+        self.ws = ws
         queue = self._queue = asyncio.Queue()
         writer = asyncio.create_task(self._write(ws, queue))
         beat = asyncio.create_task(self._heartbeats(ws))
@@ -187,6 +189,7 @@ class AgentClient:
                 raise failure
         finally:
             self._queue = None
+            self.ws = None
             for task in (beat, writer, stopper):
                 task.cancel()
         return True
