@@ -146,8 +146,9 @@ def agent(
     {inputs.NAME}...), reads the task payload on stdin and prints its JSON result as
     its last line. Example:
 
-        counterpoint agent --connect ws://127.0.0.1:8765 --id builder --token $T
-        --capabilities build -- ./build.sh {task_id}
+    \b
+        counterpoint agent --connect ws://127.0.0.1:8765 --id builder \\
+            --capabilities build -- ./build.sh {task_id}
     """
     from counterpoint.net.client import AgentClient, AgentConfig, AgentRefused
 

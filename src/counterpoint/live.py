@@ -22,6 +22,22 @@ from counterpoint.plan.graph import Graph
 from counterpoint.runtime.events import RunEvent, RunObserver
 
 _DONE = {"task_completed", "task_failed", "task_blocked"}
+_AGENT_NOTES = {
+    "hub_listening": "serving remote agents at {url}",
+    "waiting_for_agents": "waiting for remote agents to connect to {url}: {agents}",
+    "agent_connected": "agent {agent} connected",
+    "agent_disconnected": "agent {agent} disconnected; waiting for it to reconnect",
+    "agent_lost": "agent {agent} lost: {reason}",
+}
+
+
+class _Missing(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def _text(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 class JsonLines(RunObserver):
@@ -94,6 +110,12 @@ class LiveDisplay(RunObserver):
             self.counts["retrying"] += kind == "task_retrying"
         elif kind == "gate_evaluated" and data.get("status") == "waiting":
             self.notes.append(f"gate {data.get('gate')} is waiting for approval")
+        elif kind == "task_requeued" and task:
+            self.running.pop(task, None)
+            self.notes.append(f"{task} goes back to the queue: {data.get('reason', '')}")
+        elif kind in _AGENT_NOTES:
+            fields = _Missing({k: _text(v) for k, v in data.items()})
+            self.notes.append(_AGENT_NOTES[kind].format_map(fields))
 
     def render(self) -> Group:
         with self.lock:
