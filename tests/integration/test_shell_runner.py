@@ -392,3 +392,25 @@ def test_timeout_via_wait_for_stops_the_program(ctx: TaskContext, tmp_path: Path
         run(scenario())
     pids = [int(p) for p in pidfile.read_text().split()]
     wait_gone(pids)
+
+
+# -- progress lines ----------------------------------------------------------------------
+
+
+def test_progress_lines_on_stdout_are_reported_including_the_last_ones(
+    ctx: TaskContext, tmp_path: Path
+) -> None:
+    reports: list[tuple[str, float, str]] = []
+    ctx.on_progress = lambda task, pct, note: reports.append((task, pct, note))
+    code = (
+        "import json, time\n"
+        "print(json.dumps({'progress': 25, 'message': 'a quarter'}), flush=True)\n"
+        "time.sleep(0.6)\n"
+        "print('plain text {\"progress\": 99}')\n"
+        "print(json.dumps({'message': 'no number', 'progress': 'x'}))\n"
+        "print(json.dumps({'message': 'order does not matter', 'progress': 250}))\n"
+        "print(json.dumps({'done': True}))\n"
+    )
+    result = run(runner(python(code), tmp_path)(ctx))
+    assert result == {"done": True}
+    assert reports == [("t1", 25.0, "a quarter"), ("t1", 100.0, "order does not matter")]

@@ -146,7 +146,13 @@ class ShellRunner:
         files.result.unlink(missing_ok=True)  # never pick up a stale result
         ctx.log.debug("task %s attempt %d: running %s", ctx.task_id, ctx.attempt, argv)
         proc = await self._start(argv, cwd, ctx, files)
-        code = await self._wait(proc)
+        follower = _ProgressFollower(files.stdout, ctx)
+        watching = asyncio.create_task(follower.follow())
+        try:
+            code = await self._wait(proc)
+        finally:
+            watching.cancel()
+        follower.poll()  # lines written just before the exit
         return _outcome(code, files)
 
     def _cwd(self, ctx: TaskContext) -> Path:
@@ -225,6 +231,52 @@ class ShellRunner:
 
 
 _LIVE_GROUPS: set[int] = set()
+PROGRESS_POLL_S = 0.25
+
+
+class _ProgressFollower:
+    """Reports stdout lines such as ``{"progress": 40, "message": "linking"}`` as progress."""
+
+    def __init__(self, path: Path, ctx: TaskContext) -> None:
+        self.path = path
+        self.ctx = ctx
+        self.offset = 0
+        self.partial = b""
+
+    async def follow(self) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_POLL_S)
+            self.poll()
+
+    def poll(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read(STDOUT_TAIL_BYTES)
+        except OSError:
+            return
+        self.offset += len(chunk)
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        for line in lines:
+            report = progress_line(line)
+            if report is not None:
+                self.ctx.progress(*report)
+
+
+def progress_line(line: bytes) -> tuple[float, str] | None:
+    """(percent, message) of a progress line, None for any other line."""
+    if not line.lstrip().startswith(b"{") or b'"progress"' not in line:
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    progress = value.get("progress") if isinstance(value, dict) else None
+    if not isinstance(progress, int | float) or isinstance(progress, bool):
+        return None
+    if not math.isfinite(progress):
+        return None
+    return max(0.0, min(100.0, float(progress))), str(value.get("message", ""))
 
 
 def kill_all() -> None:

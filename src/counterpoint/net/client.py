@@ -43,7 +43,6 @@ from counterpoint.plan.model import Runner, Task
 log = logging.getLogger("counterpoint.agent")
 
 OPEN_TIMEOUT_S = 10.0
-PROGRESS_POLL_S = 0.25
 
 
 class AgentRefused(CounterpointError):
@@ -317,11 +316,7 @@ class AgentClient:
         try:
             ctx = self._context(task_id, attempt, payload)
             self._status(task_id, 0.0, "started")
-            tail = asyncio.create_task(self._progress(ctx))
-            try:
-                frame.update(status="completed", result=await self.runner(ctx))
-            finally:
-                tail.cancel()
+            frame.update(status="completed", result=await self.runner(ctx))
         except asyncio.CancelledError:
             self.running.pop(task_id, None)
             raise
@@ -363,6 +358,7 @@ class AgentClient:
             log_dir=logs,
             time_scale=float(payload.get("time_scale", 1.0)),
             estimate_s=float(spec.get("estimate_s", 0.0)),
+            on_progress=self._status,
         )
 
     def _status(self, task_id: str, progress: float, note: str) -> None:
@@ -371,25 +367,6 @@ class AgentClient:
         )
         self.send({"op": "msg", "message": message.to_json()})
 
-    async def _progress(self, ctx: TaskContext) -> None:
-        """Turn ``{"progress": N, "message": ...}`` lines on stdout into status updates."""
-        path = ctx.log_dir / f"{ctx.attempt}.stdout"
-        offset, partial = 0, b""
-        while True:
-            await asyncio.sleep(PROGRESS_POLL_S)
-            try:
-                with path.open("rb") as f:
-                    f.seek(offset)
-                    chunk = f.read()
-            except OSError:
-                continue
-            offset += len(chunk)
-            *lines, partial = (partial + chunk).split(b"\n")
-            for line in lines:
-                report = _progress_line(line)
-                if report is not None:
-                    self._status(ctx.task_id, *report)
-
     async def _cancel_all(self) -> None:
         jobs = [job for _, job in self.running.values()]
         self.running.clear()
@@ -397,21 +374,6 @@ class AgentClient:
             job.cancel()
         if jobs:
             await asyncio.gather(*jobs, return_exceptions=True)
-
-
-def _progress_line(line: bytes) -> tuple[float, str] | None:
-    if not line.strip().startswith(b"{"):
-        return None
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(value, dict):
-        return None
-    progress = value.get("progress")
-    if not isinstance(progress, int | float) or isinstance(progress, bool):
-        return None
-    return max(0.0, min(100.0, float(progress))), str(value.get("message", ""))
 
 
 def _safe(name: str) -> str:
