@@ -217,7 +217,7 @@ class Hub:
                 del self.assigned[job.task_id]
             if session.tasks.get(job.task_id) is job:
                 del session.tasks[job.task_id]
-                if not answer.done():  # cancelled: tell the agent to stop
+                if answer.cancelled() or not answer.done():  # cancelled: tell the agent to stop
                     self._send(
                         session,
                         {

@@ -153,10 +153,12 @@ class HubServer:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         operations: Operations | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.hub = hub
         self.host = host
         self.port = port
+        self.sock = sock
         self.app = build_app(hub, tokens, operations)
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -167,7 +169,7 @@ class HubServer:
         return f"ws://{host}:{self.port}"
 
     async def start(self) -> None:
-        sock = _bind(self.host, self.port)
+        sock = self.sock or bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app,
@@ -195,7 +197,8 @@ class HubServer:
                 await asyncio.wait_for(self._task, 5.0)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; ServerError (a clear message) if it cannot be."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:

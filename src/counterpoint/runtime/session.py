@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -89,6 +90,21 @@ def check_runnable(
 
 
 @contextmanager
+def _listening(serve: ServeOptions | None) -> Iterator[socket.socket | None]:
+    """The served run's listening socket, bound before anything is journaled."""
+    if serve is None:
+        yield None
+        return
+    from counterpoint.net.server import bind
+
+    sock = bind(serve.host, serve.port)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+@contextmanager
 def run_lock(state_dir: Path) -> Iterator[None]:
     """Hold the state directory's run lock, or refuse if another process holds it."""
     try:
@@ -151,14 +167,14 @@ def start_run(
     check_runnable(plan, serve, state_dir)
     graph = plan.compile(check=False)
     runners = Runners(plan, plan_path.resolve().parent, options.kill_grace_s)
-    with run_lock(state_dir):
+    with run_lock(state_dir), _listening(serve) as sock:
         store = SqliteStore(state_dir, sync=sync)
         try:
             digest, text = fingerprint(plan)
             run_id = store.create_run(
                 str(plan_path.resolve()), plan.name, digest, text, asdict(options), graph.task_ids
             )
-            run = _Run(graph, store, run_id, runners, options, observers, state_dir, serve)
+            run = _Run(graph, store, run_id, runners, options, observers, state_dir, serve, sock)
             return _drive(run, None)
         finally:
             store.close()
@@ -178,7 +194,7 @@ def resume_run(
     ``approve_as``).
     """
     state_dir = Path(state_dir).resolve()
-    with run_lock(state_dir):
+    with run_lock(state_dir), _listening(serve) as sock:
         store = SqliteStore(state_dir, sync=sync, create=False)
         try:
             record = latest(store, state_dir)
@@ -198,7 +214,7 @@ def resume_run(
                 store.adopt_plan(record.id, digest, text, graph.task_ids)
             previous = store.tasks(record.id)
             store.event(record.id, "run_resumed", plan_changed=digest != record.fingerprint)
-            run = _Run(graph, store, record.id, runners, options, observers, state_dir, serve)
+            run = _Run(graph, store, record.id, runners, options, observers, state_dir, serve, sock)
             return _drive(run, previous)
         finally:
             store.close()
@@ -237,6 +253,7 @@ class _Run:
     observers: Sequence[RunObserver]
     state_dir: Path
     serve: ServeOptions | None = None
+    sock: socket.socket | None = None
 
 
 def _drive(run: _Run, previous: dict[str, Any] | None) -> int:
@@ -299,6 +316,7 @@ async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None
         run.serve.host,
         run.serve.port,
         Operations(status=orch.snapshot, cancel=orch.cancel),
+        sock=run.sock,
     )
     await server.start()
     run.runners.attach_hub(hub)
