@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -146,6 +147,8 @@ class Hub:
         self.clock = clock
         self.sessions: dict[str, Session] = {}
         self.assigned: dict[str, Assignment] = {}  # task -> its current remote assignment
+        self.given: set[tuple[str, str, int]] = set()  # (agent, task, attempt) ever assigned
+        self._carried: dict[str, list[Any]] = {}  # messages an ended session never acknowledged
         self.counts = {"messages": 0, "rejected": 0, "duplicates": 0}
         self._background: list[asyncio.Task[None]] = []
         self._dirty: set[Session] = set()
@@ -201,6 +204,7 @@ class Hub:
         job = Assignment(agent, ctx.task_id, ctx.attempt, answer, ctx.on_progress)
         session.tasks[job.task_id] = job
         self.assigned[job.task_id] = job
+        self.given.add((agent, job.task_id, job.attempt))
         self._send(
             session,
             {
@@ -280,6 +284,7 @@ class Hub:
             await conn.close(code, exc.code)
             return None
         session, resumed = await self._attach(agent, session_id, caps, capacity)
+        session.violations = 0  # counted per connection
         link = session.link = _Link(conn)
         session.last_seen = self.clock()
         link.send(
@@ -316,6 +321,8 @@ class Hub:
             self._end(old, f"agent {agent!r} started a new session", fr.CLOSE_REPLACED)
         session = Session(agent, session_id, caps, capacity, self.clock())
         self.sessions[agent] = session
+        for message in self._carried.pop(agent, []):
+            self._send(session, {"op": "msg", "message": message})
         return session, False
 
     async def _detach(self, session: Session, link: _Link) -> None:
@@ -332,6 +339,12 @@ class Hub:
         self._dirty.discard(session)
         if session.pump is not None:
             session.pump.cancel()
+        unread = [
+            f["message"] for f in map(json.loads, session.outbox.values()) if f["op"] == "msg"
+        ]
+        if unread:  # the next session of the agent gets them
+            self._carried.setdefault(session.agent, []).extend(unread)
+        session.outbox.clear()
         for job in list(session.tasks.values()):
             if not job.answer.done():
                 job.answer.set_exception(
@@ -417,15 +430,17 @@ class Hub:
         task_id, attempt, status = fr.check_result(frame)
         job = session.tasks.get(task_id)
         if job is None or job.attempt != attempt:
-            current = self.assigned.get(task_id)
-            if current is not None or job is not None:
+            if (session.agent, task_id, attempt) in self.given:
                 raise FrameError(
                     "stale_attempt",
                     f"attempt {attempt} of {task_id!r} is no longer current; its result is ignored",
                     "attempt",
                 )
-            self._own(session, task_id)
-        assert job is not None
+            raise FrameError(
+                "not_your_task",
+                f"attempt {attempt} of task {task_id!r} was never assigned to {session.agent!r}",
+                "task_id",
+            )
         del session.tasks[task_id]
         if job.answer.done():
             return
