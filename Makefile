@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/plan_scale.py
 	$(BIN)/python bench/dispatch.py
+	$(BIN)/python bench/hub.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

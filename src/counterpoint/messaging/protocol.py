@@ -114,7 +114,12 @@ class Message(_Strict):
 
     def missing(self) -> list[str]:
         """The fields this message's type requires that it does not carry."""
-        return [f for f in REQUIRED[self.type] if _lookup(self, f) is None]
+        content = self.content
+        return [
+            name
+            for name, inner, field in _REQUIRED_PATHS[self.type]
+            if getattr(content if inner else self, field) is None
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
@@ -124,11 +129,11 @@ class Message(_Strict):
         return self.content.metadata.correlation_id
 
 
-def _lookup(message: Message, dotted: str) -> Any:
-    value: Any = message
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
+#: Per type: (dotted name, is it in content, attribute), split once.
+_REQUIRED_PATHS = {
+    kind: [(f, f.startswith("content."), f.rsplit(".", 1)[-1]) for f in fields]
+    for kind, fields in REQUIRED.items()
+}
 
 
 def parse_message(raw: Any) -> Message:

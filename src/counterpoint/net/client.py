@@ -126,6 +126,7 @@ class AgentClient:
                 ping_interval=None,
                 max_size=None,
                 close_timeout=2,
+                compression=None,  # small JSON frames: deflate costs more than it saves
             ) as ws:
                 return await self._session(ws)
         except InvalidStatus as exc:

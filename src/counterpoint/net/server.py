@@ -177,6 +177,7 @@ class HubServer:
             ws="websockets-sansio",
             ws_max_size=2 * self.hub.max_message_bytes,
             ws_ping_interval=None,  # the protocol has its own heartbeats
+            ws_per_message_deflate=False,  # small JSON frames: deflate costs more than it saves
             lifespan="off",
             access_log=False,
         )

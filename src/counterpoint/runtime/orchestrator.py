@@ -612,7 +612,7 @@ class Orchestrator(Steering):
         return self.agents.names[a] if a is not None else None
 
     def _journal_message(self, message: Message) -> None:
-        self.store.event(self.run_id, "message", message.content.task_id, **message.to_json())
+        self.store.message(self.run_id, message)
 
     def _check_messages(self) -> None:
         """Raise overdue-response and stalled-task notifications (journaled, observed)."""

@@ -16,9 +16,12 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from counterpoint.errors import CounterpointError
+
+if TYPE_CHECKING:
+    from counterpoint.messaging.protocol import Message
 
 DB_NAME = "state.db"
 SCHEMA_VERSION = 1
@@ -336,6 +339,11 @@ class SqliteStore:
     def event(self, run_id: int, kind: str, task: str | None = None, **data: Any) -> None:
         payload = _to_json(data) if data else None
         self._queue(_EVENT, (run_id, time.time(), kind, task, payload))
+
+    def message(self, run_id: int, message: Message) -> None:
+        """Journal a protocol message as a ``message`` event (serialized once, by pydantic)."""
+        payload = message.model_dump_json(exclude_none=True)
+        self._queue(_EVENT, (run_id, time.time(), "message", message.content.task_id, payload))
 
     def tasks(self, run_id: int) -> dict[str, TaskRecord]:
         rows = self.conn.execute(
