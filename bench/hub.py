@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -161,7 +162,7 @@ async def serve(kind: str, state: Path, n_agents: int, sync: str) -> None:
     from counterpoint.agents.base import TaskContext
     from counterpoint.messaging.bus import Bus
     from counterpoint.messaging.protocol import Message
-    from counterpoint.net.hub import Hub
+    from counterpoint.net.hub import Hub, tune_gc_for_serving
     from counterpoint.net.server import HubServer
     from counterpoint.net.tokens import TokenStore
     from counterpoint.plan.model import AgentSpec, Task
@@ -201,12 +202,18 @@ async def serve(kind: str, state: Path, n_agents: int, sync: str) -> None:
             )
             jobs.append(asyncio.create_task(real_hub.run_task(agent, ctx)))
 
-        real_hub = Hub(Bus(journal=journal), agents, commit=store.flush, on_state=on_state)
+        real_hub = Hub(
+            Bus(journal=journal),
+            agents,
+            commit=store.flush,
+            on_state=on_state,
+        )
         hub = real_hub
     else:
         hub = _BareHub()
     server = HubServer(cast(Hub, hub), TokenStore(state), port=0)
     await server.start()
+    tune_gc_for_serving()  # as a served run does
     started_cpu = _cpu_s()
     print(json.dumps({"port": server.port, "run_id": run_id, "pid": os.getpid()}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -715,6 +722,9 @@ def run_scenario(kind: str, label: str, load: LoadSettings, sync: str, show: Any
         server = ServerProcess(kind, state, load.agents, sync)
         url = f"ws://127.0.0.1:{server.port}"
         try:
+            from counterpoint.net.hub import SERVING_GC_THRESHOLD
+
+            gc.set_threshold(*SERVING_GC_THRESHOLD)  # the harness's pauses are not the hub's
             figures = asyncio.run(drive(url, tokens, work, load, show, label, server))
         except BaseException:
             with contextlib.suppress(Exception):

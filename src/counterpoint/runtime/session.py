@@ -297,7 +297,7 @@ async def _main(run: _Run, previous: dict[str, Any] | None) -> int:
 async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None) -> int:
     """Run with the hub served: remote agents connect, operators use the HTTP API."""
     from counterpoint.net.frames import CLOSE_RUN_FINISHED
-    from counterpoint.net.hub import Hub
+    from counterpoint.net.hub import Hub, tune_gc_for_serving
     from counterpoint.net.server import HubServer, Operations
     from counterpoint.net.tokens import TokenStore
 
@@ -319,6 +319,7 @@ async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None
         sock=run.sock,
     )
     await server.start()
+    tune_gc_for_serving()
     run.runners.attach_hub(hub)
     orch.hub_url = server.url
     try:
