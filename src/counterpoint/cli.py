@@ -219,7 +219,12 @@ def schema(output: str | None, messages: bool) -> None:
 
 
 def main() -> None:
-    from counterpoint import cli_net, cli_run  # noqa: F401 - register their commands
+    from counterpoint import (  # noqa: F401 - register their commands
+        cli_gates,
+        cli_net,
+        cli_run,
+        cli_state,
+    )
 
     try:
         cli.main(prog_name="counterpoint", standalone_mode=False)

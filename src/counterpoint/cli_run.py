@@ -382,7 +382,8 @@ def _gate_command(name: str, approve: bool, summary: str, who: str, why: str) ->
 _gate_command(
     "approve",
     True,
-    "Approve GATE (PHASE.entry or PHASE.exit) as NAME; the waiting run continues.",
+    "Approve GATE (PHASE.entry, PHASE.exit, MILESTONE.entry or MILESTONE.exit) as NAME; "
+    "the waiting run continues.",
     "Who approves (one of the gate's approvers).",
     "A note kept with the approval.",
 )

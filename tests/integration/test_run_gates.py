@@ -1,4 +1,6 @@
-"""Phase gates: metric and command conditions, approvals given, refused or automatic."""
+"""Phase gates: metric, command, file and python conditions, approvals given, refused or
+automatic. Milestone gates, the ``gates`` command and approvals across a resume are in
+test_gates_*.py."""
 
 from __future__ import annotations
 
@@ -50,6 +52,34 @@ def holds_for(probe: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.05)
 
 
+#: Python conditions for the gates of these tests, written next to the plan as CHECKS.py.
+CHECKS = """
+import asyncio
+
+def ready(ctx):
+    return ctx.metrics["phase.completed"] == 2, "two tasks done", {"seen": ctx.metrics}
+
+async def not_ready(ctx):
+    return {"passed": False, "message": "the database is not migrated"}
+
+def broken(ctx):
+    raise RuntimeError("cannot reach the database")
+
+async def hangs(ctx):
+    await asyncio.sleep(60)
+"""
+
+
+def with_checks(ws: Workspace, condition: dict[str, Any]) -> dict[str, Any]:
+    """``condition`` with CHECKS naming a python module of the workspace (and notes.txt)."""
+    module = f"{ws.module}_checks"
+    (ws.dir / f"{module}.py").write_text(CHECKS, encoding="utf-8")
+    (ws.dir / "notes.txt").write_text("release: approved\n", encoding="utf-8")
+    return {
+        k: v.replace("CHECKS", module) if isinstance(v, str) else v for k, v in condition.items()
+    }
+
+
 @pytest.mark.parametrize(
     ("condition", "passes"),
     [
@@ -57,14 +87,35 @@ def holds_for(probe: Callable[[], bool], seconds: float, what: str) -> None:
         ({"kind": "metric", "metric": "phase.completed", "op": ">=", "value": 3}, False),
         ({"kind": "command", "run": "true"}, True),
         ({"kind": "command", "run": ["sh", "-c", "exit 4"]}, False),
+        ({"kind": "file", "path": "notes.txt"}, True),
+        ({"kind": "file", "path": "missing.txt"}, False),
+        ({"kind": "file", "path": "notes.txt", "pattern": "release: appr"}, True),
+        ({"kind": "file", "path": "notes.txt", "pattern": "release: rejected"}, False),
+        ({"kind": "python", "call": "CHECKS:ready"}, True),
+        ({"kind": "python", "call": "CHECKS:not_ready"}, False),
+        ({"kind": "python", "call": "CHECKS:broken"}, False),
+        ({"kind": "python", "call": "CHECKS:hangs", "timeout": "0.2s"}, False),
     ],
-    ids=["metric-met", "metric-unmet", "command-ok", "command-fails"],
+    ids=[
+        "metric-met",
+        "metric-unmet",
+        "command-ok",
+        "command-fails",
+        "file-exists",
+        "file-missing",
+        "file-matches",
+        "file-does-not-match",
+        "python-passes",
+        "python-fails",
+        "python-raises",
+        "python-times-out",
+    ],
 )
 def test_an_exit_gate_lets_the_next_phase_start_only_when_its_condition_holds(
     tmp_path: Path, condition: dict[str, Any], passes: bool
 ) -> None:
     ws = Workspace.create(tmp_path)
-    gated_plan(ws, [condition])
+    gated_plan(ws, [with_checks(ws, condition)])
     code, seen = run_in_process(ws)
     done = ws.finished()
     assert {"a", "b"} <= set(done)
@@ -80,6 +131,47 @@ def test_an_exit_gate_lets_the_next_phase_start_only_when_its_condition_holds(
         assert gate.data["status"] == "incomplete"
         (blocked,) = seen.kinds("task_blocked")
         assert blocked.task == "c" and "p1.exit" in blocked.data["reason"]
+        assert f"{condition['kind']} #1" in blocked.data["reason"]
+    (result,) = gate.data["results"]
+    assert result["kind"] == condition["kind"] and result["passed"] is passes
+    assert result["message"]
+
+
+def test_the_report_of_a_python_condition_keeps_its_message_and_data(tmp_path: Path) -> None:
+    ws = Workspace.create(tmp_path)
+    gated_plan(ws, [with_checks(ws, {"kind": "python", "call": "CHECKS:ready", "name": "db"})])
+    code, seen = run_in_process(ws)
+    assert code == 0
+    (gate,) = seen.kinds("gate_evaluated")
+    (result,) = gate.data["results"]
+    assert (result["name"], result["message"]) == ("db", "two tasks done")
+    assert result["data"]["seen"]["phase.completed"] == 2
+    assert result["data"]["seen"]["run.total"] == 3
+    assert "milestone.completed" not in result["data"]["seen"]  # a phase gate
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("CHECKS:broken", "RuntimeError: cannot reach the database"),
+        ("CHECKS:hangs", "timed out after 0.2s"),
+        ("CHECKS:nothing", "has no callable 'nothing'"),
+    ],
+)
+def test_a_broken_python_condition_fails_its_gate_not_the_run(
+    tmp_path: Path, call: str, message: str
+) -> None:
+    ws = Workspace.create(tmp_path)
+    condition = with_checks(ws, {"kind": "python", "call": call, "timeout": "0.2s"})
+    gated_plan(ws, [condition])
+    code, seen = run_in_process(ws)
+    assert code == 1
+    (gate,) = seen.kinds("gate_evaluated")
+    assert gate.data["status"] == "incomplete"
+    assert message in gate.data["results"][0]["message"]
+    (blocked,) = seen.kinds("task_blocked")
+    assert message in blocked.data["reason"]
+    assert seen.kinds("run_finished")[0].data["status"] == "failed"
 
 
 @contextmanager

@@ -240,7 +240,7 @@ def test_an_unknown_condition_kind_in_a_gate_suggests_the_nearest_kind() -> None
     assert_rejected(report)
     problem = the_error(report, "unknown kind 'metrc'")
     assert at(problem) == (12, 11)
-    assert "metric, command, approval" in problem.message
+    assert "metric, command, file, python, approval" in problem.message
     assert problem.hint == "did you mean 'metric'?"
 
 
@@ -256,7 +256,7 @@ def test_a_condition_without_a_kind_lists_the_kinds_it_could_be() -> None:
     )
     problem = the_error(report, "missing key 'kind'")
     assert at(problem) == (12, 11)
-    assert "metric, command, approval" in problem.message
+    assert "metric, command, file, python, approval" in problem.message
 
 
 def test_an_approval_needing_more_approvers_than_named_is_rejected() -> None:

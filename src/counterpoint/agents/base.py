@@ -47,6 +47,34 @@ class AgentLost(CounterpointError):
 ProgressSink = Callable[[str, float, str], None]
 
 
+class StateView:
+    """A task's view of the run's shared state: what it reads, and the writes it stages.
+
+    Writes are not visible to other tasks until the task completes and the run engine
+    commits them (conflicts are decided then); a failed attempt's writes are dropped.
+    """
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        self._values = dict(values or {})
+        self.writes: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The key's value: this task's own write, else the committed value."""
+        if key in self.writes:
+            return self.writes[key]
+        return self._values.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        """Stage a write of a key the task declares in its ``writes``."""
+        self.writes[key] = value
+
+    def keys(self) -> list[str]:
+        return sorted(set(self._values) | set(self.writes))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**self._values, **self.writes}
+
+
 @dataclass
 class TaskContext:
     """Everything a running task may know or do, handed to its runner."""
@@ -64,6 +92,7 @@ class TaskContext:
     on_progress: ProgressSink | None = None
     bus: Bus | None = None
     response_sla_s: float = 3600.0
+    state: StateView = field(default_factory=StateView)
 
     @property
     def task_id(self) -> str:
@@ -163,6 +192,7 @@ class TaskContext:
                 "writes": t.writes,
                 "estimate_s": self.estimate_s,
             },
+            "state": self.state.snapshot(),
         }
 
 

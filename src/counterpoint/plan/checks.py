@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from counterpoint.errors import Path, Problem, Severity
-from counterpoint.plan.model import GATE_METRICS, MetricCondition, Plan, Task
+from counterpoint.plan.model import (
+    GATE_METRICS,
+    ApprovalCondition,
+    MetricCondition,
+    Milestone,
+    Phase,
+    Plan,
+    Task,
+)
 from counterpoint.plan.schema_errors import did_you_mean
 
 TaskPath = tuple[str, int, str, int, str, int]
@@ -158,13 +166,60 @@ def _alerts(plan: Plan) -> Iterator[Problem]:
 
 
 def _gates(plan: Plan) -> Iterator[Problem]:
+    """Gate conditions of phases and milestones, and gate ids that two gates would share."""
+    seen: dict[str, Path] = {}
     for pi, phase in enumerate(plan.phases):
-        for side in ("entry_gate", "exit_gate"):
-            gate = getattr(phase, side)
-            for ci, cond in enumerate(gate.conditions if gate else []):
-                if isinstance(cond, MetricCondition) and cond.metric not in GATE_METRICS:
-                    yield Problem(
-                        f"unknown gate metric {cond.metric!r} (known: {', '.join(GATE_METRICS)})",
-                        ("phases", pi, side, "conditions", ci, "metric"),
-                        hint=did_you_mean(cond.metric, GATE_METRICS),
-                    )
+        ppath: Path = ("phases", pi)
+        yield from _gate_problems(phase, ppath, "phase", seen)
+        for mi, milestone in enumerate(phase.milestones):
+            yield from _gate_problems(milestone, (*ppath, "milestones", mi), "milestone", seen)
+
+
+_PHASE_METRICS = tuple(m for m in GATE_METRICS if not m.startswith("milestone."))
+
+
+def _gate_problems(
+    owner: Phase | Milestone, where: Path, scope: str, seen: dict[str, Path]
+) -> Iterator[Problem]:
+    for side in ("entry", "exit"):
+        gate = getattr(owner, f"{side}_gate")
+        if gate is None:
+            continue
+        path: Path = (*where, f"{side}_gate")
+        gate_id = f"{owner.id}.{side}"
+        first = seen.setdefault(gate_id, path)
+        if first is not path:
+            yield Problem(
+                f"duplicate gate id {gate_id!r}: a phase and a milestone are both named "
+                f"{owner.id!r} and both have an {side} gate; rename one of them",
+                path,
+                related=first,
+                at_key=True,
+            )
+        for ci, cond in enumerate(gate.conditions):
+            cpath: Path = (*path, "conditions", ci)
+            if isinstance(cond, MetricCondition):
+                yield from _metric_problems(cond.metric, (*cpath, "metric"), scope)
+            elif isinstance(cond, ApprovalCondition) and cond.count > len(set(cond.approvers)):
+                yield Problem(
+                    f"count {cond.count} is more than the {len(set(cond.approvers))} different "
+                    "approvers named: the gate could never pass",
+                    (*cpath, "count"),
+                )
+
+
+def _metric_problems(metric: str, path: Path, scope: str) -> Iterator[Problem]:
+    if metric.startswith("milestone.") and scope == "phase" and metric in GATE_METRICS:
+        yield Problem(
+            f"gate metric {metric!r} is only known in a milestone's gate",
+            path,
+            hint=did_you_mean(metric.replace("milestone.", "phase.", 1), _PHASE_METRICS),
+        )
+        return
+    known = GATE_METRICS if scope == "milestone" else _PHASE_METRICS
+    if metric not in known:
+        yield Problem(
+            f"unknown gate metric {metric!r} (known: {', '.join(known)})",
+            path,
+            hint=did_you_mean(metric, known),
+        )

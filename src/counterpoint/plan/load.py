@@ -25,6 +25,7 @@ from counterpoint.plan.model import Plan
 from counterpoint.plan.repair import Repair, is_artifact
 from counterpoint.plan.schema_errors import problems_from_validation
 from counterpoint.plan.source import Locator, SourceError, parse_document
+from counterpoint.plan.writes import parallel_writes
 
 
 @dataclass
@@ -135,6 +136,7 @@ def _analyse(plan: Plan, valid: bool, artifact: Artifact, report: CheckReport) -
         graph = plan.compile(check=False)
     except PlanError as exc:
         return problems + [p for p in exc.problems if not artifact(p)]
+    problems += [p for p in parallel_writes(plan, graph) if not artifact(p)]
     if valid and not any(p.severity is Severity.ERROR for p in problems):
         report.plan, report.graph = plan, graph
     return problems

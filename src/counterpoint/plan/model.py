@@ -8,6 +8,7 @@ Every key that a plan may contain is declared here; unknown keys are errors
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import (
     PrivateAttr,
     StringConstraints,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic import Strict as StrictFlag
@@ -104,6 +106,12 @@ class Settings(Strict):
     #: First retry delay; doubles per failed attempt (with jitter) up to retry_backoff_max.
     retry_backoff: Duration = 1.0
     retry_backoff_max: Duration = 300.0
+    #: Tasks that could run at the same time and declare overlapping ``writes`` never do:
+    #: the run holds a lock per written key while such a task runs.
+    serialize_conflicting_writes: bool = False
+    #: The git repository that ``workspace: worktree`` agents work in (relative to the
+    #: plan's folder; default: the repository holding the plan file).
+    repository: str | None = None
 
 
 class Runner(Strict):
@@ -184,7 +192,7 @@ class ResourceSpec(Strict):
 #: The metrics a gate's ``metric`` condition can test, for its phase or the whole run.
 GATE_METRICS = tuple(
     f"{scope}.{name}"
-    for scope in ("phase", "run")
+    for scope in ("phase", "milestone", "run")
     for name in (
         "total",
         "completed",
@@ -212,6 +220,34 @@ class CommandCondition(Strict):
     name: str = ""
 
 
+class FileCondition(Strict):
+    """A file exists (relative to the plan's folder), optionally with content matching a regex."""
+
+    kind: Literal["file"]
+    path: str = Field(min_length=1)
+    pattern: str | None = Field(default=None, min_length=1, description="a regular expression")
+    name: str = ""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
+        return value
+
+
+class PythonCondition(Strict):
+    """``module:callable`` called with the gate's context; returns passed (and a message, data)."""
+
+    kind: Literal["python"]
+    call: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    timeout: Duration | None = None
+    name: str = ""
+
+
 class ApprovalCondition(Strict):
     kind: Literal["approval"]
     approvers: list[Id] = Field(min_length=1)
@@ -228,7 +264,8 @@ class ApprovalCondition(Strict):
 
 
 Condition = Annotated[
-    MetricCondition | CommandCondition | ApprovalCondition, Field(discriminator="kind")
+    MetricCondition | CommandCondition | FileCondition | PythonCondition | ApprovalCondition,
+    Field(discriminator="kind"),
 ]
 
 
@@ -253,13 +290,55 @@ class SharedState(Strict):
 
 class EscalationLevel(Strict):
     name: Id
-    contacts: list[str] = Field(min_length=1)
+    contacts: list[Id] = Field(min_length=1)
+    #: How long this level has before the case goes up (default: ``escalation.timeout``).
     timeout: Duration | None = None
+
+
+class Notifier(Strict):
+    """One way to reach a contact: exactly one of ``log``, ``webhook`` or ``command``."""
+
+    log: bool | None = None
+    webhook: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    command: Command | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Notifier:
+        kinds = [k for k in ("log", "webhook", "command") if getattr(self, k) not in (None, False)]
+        if len(kinds) != 1:
+            found = ", ".join(kinds) if kinds else "none"
+            raise ValueError(f"a notifier needs exactly one of log, webhook or command ({found})")
+        return self
+
+
+class Contact(Strict):
+    notify: list[Notifier] = Field(default_factory=lambda: [Notifier(log=True)])
+
+
+#: The seed's ladder, used when the plan names no levels.
+DEFAULT_ESCALATION_LEVELS = (
+    ("level1", ("team_lead", "architect")),
+    ("level2", ("project_manager", "senior_architect")),
+    ("level3", ("executive_sponsor", "cto")),
+)
 
 
 class Escalation(Strict):
     timeout: Duration = 3600.0
     levels: list[EscalationLevel] = Field(default_factory=list)
+    contacts: dict[Id, Contact] = Field(default_factory=dict)
+    #: When the last level's time is up: ``fail`` what the case holds, or ``block`` it.
+    exhausted: Literal["fail", "block"] = "fail"
+
+    def ladder(self) -> list[EscalationLevel]:
+        """The plan's levels, or the seed's three when it names none."""
+        if self.levels:
+            return self.levels
+        return [EscalationLevel(name=n, contacts=list(c)) for n, c in DEFAULT_ESCALATION_LEVELS]
+
+    def contact(self, name: str) -> Contact:
+        """A contact's notifiers (a contact the plan does not describe is logged)."""
+        return self.contacts.get(name) or Contact()
 
 
 class AlertRule(Strict):
@@ -300,6 +379,8 @@ class Milestone(Strict):
     name: str = ""
     description: str = ""
     after: list[Id] = Field(default_factory=list)
+    entry_gate: Gate | None = None
+    exit_gate: Gate | None = None
     tasks: list[Task] = Field(default_factory=list)
 
     @property

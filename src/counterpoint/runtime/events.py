@@ -59,6 +59,7 @@ class Completion:
     error: str = ""
     retry_after_s: float = 0.0
     report: GateReport | None = None
+    writes: dict[str, Any] = field(default_factory=dict)
 
 
 class RunObserver:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from counterpoint.agents.base import AgentLost, RateLimited, TaskContext, TaskFailed
+from counterpoint.agents.base import AgentLost, RateLimited, StateView, TaskContext, TaskFailed
+from counterpoint.agents.python import load_callable
 from counterpoint.allocation import AgentPool, Demand, ResourcePool
 from counterpoint.messaging.bus import Bus, BusFull
 from counterpoint.messaging.protocol import (
@@ -36,13 +37,16 @@ from counterpoint.messaging.protocol import (
 from counterpoint.plan.graph import Graph
 from counterpoint.plan.model import OnFailure
 from counterpoint.queueing import ReadyQueue
+from counterpoint.runtime.escalation import Escalator
 from counterpoint.runtime.events import Completion, Observers, RunEvent, TaskState
-from counterpoint.runtime.gates import GateChecker
+from counterpoint.runtime.gates import GateChecker, GateReport
 from counterpoint.runtime.runners import Runners
+from counterpoint.runtime.state import MISSING, Conflict, SharedState, StateError, overlap
 from counterpoint.runtime.steering import Steering
 from counterpoint.store.sqlite import SqliteStore, TaskRecord
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
+DRAIN_NOTIFICATIONS_S = 5.0  # at the end, how long notifications still being sent may take
 MAX_LOSSES = 3  # a task whose agent is lost more often than this fails
 WAITING_NOTE_EVERY_S = 15.0
 _SAFE = re.compile(r"[^A-Za-z0-9_.@-]")
@@ -117,6 +121,25 @@ class Orchestrator(Steering):
         for name, spec in self.plan.agents.items():
             self.bus.subscribe(name, groups=spec.capabilities)
         self.losses = [0] * nt
+        self.shared = SharedState(
+            self.plan.shared_state,
+            store,
+            run_id,
+            graph,
+            load_reducer=lambda target: load_callable(target, self.plan_dir),
+        )
+        self.writers_running: dict[int, list[str]] = {}  # serialized writes: task -> keys
+        self.finished_at: dict[int, float] = {}  # completed task -> wall time
+        self.parked: dict[int, str] = {}  # ready tasks waiting outside the queue, and why
+        self.escalator = Escalator(
+            self.plan.escalation,
+            store,
+            run_id,
+            emit=self.emit,
+            time_scale=options.time_scale,
+            cwd=self.plan_dir,
+            publish=self._publish_quietly,
+        )
         self.hub_url: str | None = None
         self._waiting_noted = -math.inf
         for name in runners.remote_agents:  # until they connect
@@ -136,6 +159,7 @@ class Orchestrator(Steering):
                 self._drain()
                 self.store.flush()
                 self._poll_commands()
+                self._tick_escalations()
                 self._fire_timers()
                 self._dispatch()
                 if self._finished():
@@ -145,6 +169,7 @@ class Orchestrator(Steering):
         finally:
             await self._stop_everything()
             self._drain()
+            await self.escalator.drain(DRAIN_NOTIFICATIONS_S)
             self.store.flush()
         return self._conclude()
 
@@ -195,6 +220,8 @@ class Orchestrator(Steering):
     # -- start and resume -------------------------------------------------------
 
     def _restore(self, previous: dict[str, TaskRecord]) -> None:
+        self.shared.restore()
+        self.escalator.restore()
         for name, state in self.store.agent_states(self.run_id).items():
             self._set_agent_state(name, state, journal=False)
         failed: list[int] = []
@@ -206,6 +233,7 @@ class Orchestrator(Steering):
             if rec.state == TaskState.COMPLETED:
                 self.state[t] = TaskState.COMPLETED
                 self.done[t] = 1
+                self.finished_at[t] = rec.finished or 0.0
             elif rec.state == TaskState.FAILED and not self.options.retry_failed:
                 self.state[t] = TaskState.FAILED
                 self.error[t] = rec.error or "failed"
@@ -247,13 +275,16 @@ class Orchestrator(Steering):
             return False
         if self.cancelling is not None or self.failed_fast:
             return True
-        return not self.queue and not self.timers and not self.gates_waiting
+        return not self.queue and not self.timers and not self.gates_waiting and not self.parked
 
     async def _sleep(self) -> None:
         now = time.monotonic()
         deadline = self._next_poll
         if self.timers:
             deadline = min(deadline, self.timers[0][0])
+        escalation = self.escalator.next_deadline()
+        if escalation is not None:
+            deadline = min(deadline, escalation)
         if self.completions:
             return
         try:
@@ -311,6 +342,8 @@ class Orchestrator(Steering):
                 if ready != math.inf:
                     self._timer(ready)
                 continue
+            if self._parks(demand, t, now):
+                continue
             agent = self.agents.pick(demand.pool) if demand.pool >= 0 else None
             if demand.pool >= 0 and agent is None:
                 continue
@@ -325,6 +358,8 @@ class Orchestrator(Steering):
         self.agent_of[t] = agent
         self.started[t] = time.time()
         self.state[t] = TaskState.RUNNING
+        if self.plan.settings.serialize_conflicting_writes and self.g.tasks[t].writes:
+            self.writers_running[t] = self.g.tasks[t].writes
         ctx = self._context(t)
         self.store.save_attempt(
             self.run_id,
@@ -360,12 +395,36 @@ class Orchestrator(Steering):
             ),
             bus=self.bus,
             response_sla_s=self.plan.settings.response_sla * self.options.time_scale,
+            state=StateView(self.shared.snapshot(task.reads) if task.reads else {}),
         )
 
     def _workdir(self, t: int) -> Path:
-        """The plan's folder, or a fresh folder per attempt for ``workspace: tempdir`` agents."""
+        """The plan's folder; a fresh folder per attempt for ``workspace: tempdir`` agents; a
+        git worktree on its own branch per attempt for ``workspace: worktree`` agents."""
+        from counterpoint.agents.worktree import WorktreeManager, repository_folder
+
         agent = self.agent_of[t]
-        if agent is None or self.plan.agents[self.agents.names[agent]].workspace != "tempdir":
+        workspace = (
+            "none" if agent is None else self.plan.agents[self.agents.names[agent]].workspace
+        )
+        if workspace == "worktree":
+            worktrees: WorktreeManager | None = getattr(self, "worktrees", None)
+            if worktrees is None:  # one per run, made when first needed
+                worktrees = WorktreeManager(
+                    repository_folder(self.plan), self.state_dir, self.run_id
+                )
+                self.worktrees = worktrees
+            was_started = worktrees.started
+            path = worktrees.workdir(self.g.task_ids[t], self.attempts[t])
+            if worktrees.started and not was_started:
+                self.emit(
+                    "integration_branch",
+                    repository=str(worktrees.repo),
+                    branch=worktrees.branch,
+                    base=worktrees.base,
+                )
+            return path
+        if workspace != "tempdir":
             return self.plan_dir
         name = f"{_SAFE.sub('_', self.g.task_ids[t])}-{self.attempts[t]}"
         folder = self.state_dir / "workspaces" / f"run-{self.run_id}" / name
@@ -374,11 +433,33 @@ class Orchestrator(Steering):
         self.tempdirs[t] = folder
         return folder
 
-    def _clean_workspace(self, t: int, keep: bool) -> None:
-        """Remove a task's temporary workspace after success; keep it after a failure."""
+    def _clean_workspace(self, t: int, keep: bool) -> str | None:
+        """Remove a task's temporary workspace after success; keep it after a failure.
+
+        A worktree's branch is merged after success (then the worktree is removed) and
+        kept after a failure. Returns why a successful attempt must count as failed: a
+        merge conflict (also emitted as ``merge_conflict``) or a git failure.
+        """
+        from counterpoint.agents.worktree import WorktreeManager
+
         folder = self.tempdirs.pop(t, None)
         if folder is not None and not keep:
             shutil.rmtree(folder, ignore_errors=True)
+        worktrees: WorktreeManager | None = getattr(self, "worktrees", None)
+        tid, attempt = self.g.task_ids[t], self.attempts[t]
+        if worktrees is None or not worktrees.holds(tid, attempt):
+            return None
+        result = worktrees.finish(tid, attempt, succeeded=not keep)
+        if result is not None and result.conflict is not None:
+            details = result.conflict.event()
+            self.emit("merge_conflict", t, **details)
+            conflict = self.shared.record_merge(tid, details)
+            self._conflict_raised(conflict)
+        elif result is not None and result.error is None and not keep:
+            for conflict in self.shared.merged(tid, attempt):
+                self._conflict_event("conflict_resolved", conflict)
+                self.escalator.resolve(f"conflict:{conflict.id}", conflict.resolution or {})
+        return None if result is None else result.error
 
     async def _execute(self, t: int, ctx: TaskContext) -> None:
         timeout = self.plan.effective(ctx.task).timeout_s * self.options.time_scale
@@ -387,6 +468,7 @@ class Orchestrator(Steering):
             runner = self.runners.for_task(ctx.task_id, ctx.agent)
             async with asyncio.timeout(timeout if timeout > 0 else None):
                 outcome.result = await runner(ctx)
+            outcome.writes = _writes_of(ctx, outcome.result)
         except TaskFailed as exc:
             outcome.kind, outcome.error = "failed", str(exc)
         except RateLimited as exc:
@@ -417,11 +499,18 @@ class Orchestrator(Steering):
             self.running.pop(done.node, None)
             self.bus.finished(self.g.task_ids[done.node])
             self._release(done.node)
-            self._clean_workspace(done.node, keep=done.kind != "completed")
+            error = self._clean_workspace(done.node, keep=done.kind != "completed")
+            if error is not None and done.kind in ("completed", "failed"):
+                done.kind, done.error = "failed", error  # e.g. a merge conflict
             handler = getattr(self, f"_on_{done.kind}")
             handler(done)
+        worktrees = getattr(self, "worktrees", None)
+        if worktrees is not None and self._finished():  # the run ends: free its branch
+            worktrees.cleanup()
 
     def _release(self, t: int) -> None:
+        if self.writers_running.pop(t, None) is not None:
+            self._unpark()
         self.resources.release(self.demands[t])
         agent = self.agent_of[t]
         if agent is not None:
@@ -429,7 +518,10 @@ class Orchestrator(Steering):
 
     def _on_completed(self, done: Completion) -> None:
         t = done.node
+        if done.writes and not self._commit_writes(done):
+            return
         self._draw_usage(t, done.result)
+        self.finished_at[t] = time.time()
         self.state[t] = TaskState.COMPLETED
         self._finish_attempt(done, "completed")
         self._save(t, result=done.result)
@@ -693,3 +785,175 @@ class Orchestrator(Steering):
         if missing:
             self._waiting_noted = now
             self.emit("waiting_for_agents", agents=missing, url=self.hub_url)
+
+    # -- shared state -------------------------------------------------------------------
+
+    def _commit_writes(self, done: Completion) -> bool:
+        """Commit a completed task's writes; False (and the attempt failed) if refused."""
+        t = done.node
+        try:
+            conflicts = self.shared.commit(
+                t, done.writes, self._agent_name(t), done.attempt, self._serialized_before
+            )
+        except StateError as exc:
+            done.kind, done.error = "failed", str(exc)
+            self._on_failed(done)
+            return False
+        self.emit("state_written", t, keys=sorted(done.writes))
+        for conflict in conflicts:
+            self._conflict_raised(conflict)
+        return True
+
+    def _serialized_before(self, w: int, t: int) -> bool:
+        """With serialized writes, ``w`` finished before ``t`` started: ``t`` saw its write."""
+        if not self.plan.settings.serialize_conflicting_writes:
+            return False
+        started = self.started[t]
+        return (
+            self.state[w] is TaskState.COMPLETED
+            and started is not None
+            and (self.finished_at.get(w, math.inf) <= started)
+        )
+
+    def _conflict_raised(self, conflict: Conflict) -> None:
+        self._conflict_event("conflict_detected", conflict)
+        if conflict.status == "resolved":
+            self._conflict_event("conflict_resolved", conflict)
+        else:
+            self.escalator.open(
+                f"conflict:{conflict.id}",
+                "conflict",
+                f"tasks {', '.join(conflict.tasks)} wrote different values to {conflict.key!r}",
+                conflict.to_json(),
+            )
+        self._notify_conflict(conflict)
+
+    def _conflict_event(self, kind: str, conflict: Conflict) -> None:
+        data = conflict.to_json()
+        data["conflict_kind"] = data.pop("kind")
+        data["conflict"] = data.pop("id")
+        self.emit(kind, None, **data)
+
+    def _notify_conflict(self, conflict: Conflict) -> None:
+        resolved = conflict.status == "resolved"
+        notice = Message(
+            sender="orchestrator",
+            recipient="*",
+            type=MessageType.NOTIFICATION,
+            timestamp=now(),
+            priority="medium" if resolved else "high",
+            content=Content(
+                event_type="conflict_resolved" if resolved else "conflict_detected",
+                severity="info" if resolved else "warning",
+                data=conflict.to_json(),
+            ),
+        )
+        with suppress(BusFull):
+            self.bus.publish_nowait(notice)
+
+    def _tick_escalations(self) -> None:
+        """Move overdue cases up their ladder; apply ``escalation.exhausted`` to the rest."""
+        for case in self.escalator.tick():
+            if self.plan.escalation.exhausted != "fail":
+                continue  # block: it waits for a person however long it takes
+            kind, _, ident = case.subject.partition(":")
+            if kind == "conflict" and ident.isdigit():
+                self.shared.fail(int(ident), "no more escalation levels available")
+                self._unpark()
+            else:
+                self._escalation_failed(case.subject)
+
+    def _escalation_failed(self, subject: str) -> None:
+        """Nobody decided a gate waiting for approval in time: what waits on it is blocked.
+        (A gate that failed its conditions has blocked its work already.)"""
+        kind, _, gate_id = subject.partition(":")
+        if kind != "gate":
+            return
+        for v in list(self.gates_waiting):
+            site = self._gate_of(v)
+            if site is not None and site.gate_id == gate_id:
+                self.gates_waiting.discard(v)
+                reason = f"gate {gate_id} was not decided: no more escalation levels available"
+                self.emit("gate_abandoned", None, gate=gate_id, reason=reason)
+                self._block_downstream(v, reason)
+
+    def _gate_blocked(self, gate_id: str, report: GateReport) -> None:
+        waiting = report.waiting
+        self.escalator.open(
+            f"gate:{gate_id}",
+            "gate",
+            f"gate {gate_id} is {'waiting for approval' if waiting else report.status}",
+            report.to_json(),
+        )
+
+    def _gate_passed(self, gate_id: str, report: GateReport) -> None:
+        case = self.escalator.case(f"gate:{gate_id}")
+        if case is not None and case.status != "resolved":
+            self.escalator.resolve(f"gate:{gate_id}", {"by": "gate", "status": report.status})
+
+    def _publish_quietly(self, message: Message) -> None:
+        with suppress(BusFull):
+            self.bus.publish_nowait(message)
+
+    def _parks(self, demand: Demand, t: int, now: float) -> bool:
+        """Take a ready task out of the queue while the shared state makes it wait: it reads
+        a key under an open conflict, or (serialized writes) a running task writes what it
+        writes. A task reading a key whose conflict nobody decided in time fails."""
+        task = self.g.tasks[t]
+        why = None
+        if task.reads and self.shared.conflicts:
+            failed = self.shared.failed_key(task.reads)
+            if failed is not None:
+                self.queue.take(demand, t, now)
+                self._fail(
+                    t, f"the conflict on {failed!r} was not resolved: no more escalation levels"
+                )
+                return True
+            held = self.shared.held(task.reads)
+            if held is not None:
+                why = f"reads {held!r}, which has an open conflict"
+        if why is None and self.writers_running and task.writes:
+            for other, keys in self.writers_running.items():
+                if any(overlap(mine, theirs) for mine in task.writes for theirs in keys):
+                    why = f"writes what {self.g.task_ids[other]} writes (serialized)"
+                    break
+        if why is None:
+            return False
+        self.queue.take(demand, t, now)
+        self.parked[t] = why
+        self.emit("task_waiting", t, reason=why)
+        return True
+
+    def _unpark(self) -> None:
+        """Give parked tasks back to the queue (their reason may be gone)."""
+        for t in list(self.parked):
+            del self.parked[t]
+            if self.state[t] is TaskState.READY:
+                self._enqueue(t)
+        self.wake.set()
+
+    def _command(self, kind: str, args: dict[str, Any]) -> None:
+        if kind != "resolve":
+            return
+        try:
+            conflict = self.shared.resolve(
+                int(args.get("conflict", 0)),
+                value=args.get("value", MISSING),
+                task=args.get("task"),
+                by=str(args.get("by", "operator")),
+            )
+        except StateError as exc:
+            self.emit("command_refused", None, command="resolve", reason=str(exc))
+            return
+        self._conflict_event("conflict_resolved", conflict)
+        self.escalator.resolve(f"conflict:{conflict.id}", conflict.resolution or {})
+        self._notify_conflict(conflict)
+        self._unpark()
+
+
+def _writes_of(ctx: TaskContext, result: dict[str, Any]) -> dict[str, Any]:
+    """The task's staged writes and those its result lists under ``writes``."""
+    listed = result.get("writes") if isinstance(result, dict) else None
+    if listed is not None and not isinstance(listed, dict):
+        raise TaskFailed(f"the result's writes must be an object of key: value, not {listed!r}")
+    return {**ctx.state.writes, **(listed or {})}

@@ -86,7 +86,9 @@ def check_runnable(
         raise NotSupportedError("settings.coordination: contract_net is not yet supported")
     for name, agent in plan.agents.items():
         if agent.workspace == "worktree":
-            raise NotSupportedError(f"agent {name!r}: workspace: worktree is not yet supported")
+            from counterpoint.agents.worktree import check_worktree_agent
+
+            check_worktree_agent(plan, name)  # a git repository with a commit, a local agent
 
 
 @contextmanager
@@ -409,7 +411,8 @@ def set_agent_state(state_dir: str | os.PathLike[str], agent: str, state: str) -
 def decide_gate(
     state_dir: str | os.PathLike[str], gate: str, by: str, approve: bool, comment: str = ""
 ) -> None:
-    """Record an approval (or a rejection) of ``gate`` (``PHASE.entry`` / ``PHASE.exit``)."""
+    """Record an approval (or a rejection) of ``gate`` (``PHASE.entry``, ``PHASE.exit``,
+    ``MILESTONE.entry`` or ``MILESTONE.exit``)."""
     store, record = _latest_store(state_dir)
     try:
         approvers = _gate_approvers(json.loads(store.plan_json(record.id)), gate)
@@ -424,20 +427,22 @@ def decide_gate(
 
 
 def _gate_approvers(plan: dict[str, Any], gate: str) -> set[str]:
-    """Everyone named by the approval conditions of ``gate``; refuses unknown gates."""
-    gates = {
-        f"{p['id']}.{side}": p.get(f"{side}_gate") or {}
-        for p in plan.get("phases", [])
-        for side in ("entry", "exit")
-    }
+    """Everyone named by the approval conditions of ``gate``; refuses unknown gates.
+
+    Gates are ``PHASE.entry``, ``PHASE.exit``, ``MILESTONE.entry`` and ``MILESTONE.exit``.
+    """
+    from counterpoint.runtime.gates import declared_gates
+
+    gates = {g.id: g for g in declared_gates(plan, absent=True)}
     if gate not in gates:
         example = next(iter(gates), "PHASE.exit")
         raise RunRefused(
-            f"unknown gate {gate!r}; gates are PHASE.entry or PHASE.exit, e.g. {example}"
+            f"unknown gate {gate!r}; gates are PHASE.entry, PHASE.exit, MILESTONE.entry or "
+            f"MILESTONE.exit, e.g. {example}"
         )
     approvers = {
         name
-        for cond in gates[gate].get("conditions", [])
+        for cond in gates[gate].conditions
         if cond.get("kind") == "approval"
         for name in cond.get("approvers", [])
     }

@@ -1,9 +1,9 @@
 """Gates and operator commands: the parts of a run that people steer.
 
-A mixin of :class:`~counterpoint.runtime.orchestrator.Orchestrator`: phase gates
-are evaluated when their phase is about to start or end (approvals wait,
-durably, for a person), and operator commands (cancel, agent state, approvals)
-arrive through the journal from any terminal.
+A mixin of :class:`~counterpoint.runtime.orchestrator.Orchestrator`: the gates of
+phases and milestones are evaluated when their phase or milestone is about to
+start or end (approvals wait, durably, for a person), and operator commands
+(cancel, agent state, approvals) arrive through the journal from any terminal.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from counterpoint.plan.graph import Graph, NodeKind
-from counterpoint.plan.model import Plan
+from counterpoint.plan.model import Gate, Milestone, Phase, Plan
 from counterpoint.runtime.events import Completion, TaskState
 from counterpoint.runtime.gates import Approval, ConditionResult, GateChecker, GateReport
 from counterpoint.store.sqlite import SqliteStore
@@ -24,6 +26,17 @@ if TYPE_CHECKING:
     from counterpoint.runtime.orchestrator import RunOptions
 
 
+@dataclass(frozen=True)
+class GateSite:
+    """A gate as the run meets it: at a phase's or a milestone's start (entry) or end (exit)."""
+
+    gate_id: str
+    gate: Gate
+    phase: int  # index in plan.phases (a milestone gate: the milestone's phase)
+    milestone: int | None  # index in graph.milestones, None for a phase gate
+    side: str  # entry | exit
+
+
 class Steering:
     """Gate evaluation and operator commands; state lives on the orchestrator."""
 
@@ -31,6 +44,7 @@ class Steering:
     plan: Plan
     store: SqliteStore
     run_id: int
+    state_dir: Path
     options: RunOptions
     agents: AgentPool
     state: list[TaskState]
@@ -58,37 +72,59 @@ class Steering:
 
     # -- gates ----------------------------------------------------------------------
 
-    def _gate_of(self, v: int) -> tuple[str, int] | None:
+    def _gate_of(self, v: int) -> GateSite | None:
+        """The gate checked at barrier node ``v`` (a phase's or a milestone's start or end)."""
         kind = self.g.kind(v)
-        if kind not in (NodeKind.PHASE_START, NodeKind.PHASE_END):
+        milestone: int | None = None
+        if kind in (NodeKind.PHASE_START, NodeKind.PHASE_END):
+            k = (v - self.g.n_tasks) // 2
+            owner: Phase | Milestone = self.plan.phases[k]
+        elif kind in (NodeKind.MILESTONE_START, NodeKind.MILESTONE_END):
+            milestone = (v - self.g.n_tasks - 2 * self.g.n_phases) // 2
+            owner = self.g.milestones[milestone]
+            k = self.g.phase_of_milestone[milestone]
+        else:
             return None
-        k = (v - self.g.n_tasks) // 2
-        phase = self.plan.phases[k]
-        gate = phase.entry_gate if kind is NodeKind.PHASE_START else phase.exit_gate
+        entry = kind in (NodeKind.PHASE_START, NodeKind.MILESTONE_START)
+        gate = owner.entry_gate if entry else owner.exit_gate
         if gate is None or not gate.conditions:
             return None
-        return f"{phase.id}.{'entry' if kind is NodeKind.PHASE_START else 'exit'}", k
+        side = "entry" if entry else "exit"
+        return GateSite(f"{owner.id}.{side}", gate, k, milestone, side)
 
     def _start_gate(self, v: int) -> None:
-        found = self._gate_of(v)
-        assert found is not None
-        gate_id, k = found
-        self.gates_waiting.discard(v)
-        self.gates_running[v] = asyncio.create_task(self._evaluate_gate(v, gate_id, k))
+        site = self._gate_of(v)
+        assert site is not None
+        # a waiting gate stays in gates_waiting while it is checked again (see _gate_done)
+        self.gates_running[v] = asyncio.create_task(self._evaluate_gate(v, site))
 
-    async def _evaluate_gate(self, v: int, gate_id: str, k: int) -> None:
-        phase = self.plan.phases[k]
-        gate = phase.entry_gate if gate_id.endswith(".entry") else phase.exit_gate
-        assert gate is not None
+    async def _evaluate_gate(self, v: int, site: GateSite) -> None:
+        phase = self.plan.phases[site.phase].id
+        milestone = self.g.milestones[site.milestone].id if site.milestone is not None else None
         try:
-            report = await self.checker.evaluate(
-                gate_id, phase.id, gate, self._metrics(k), self._approvals(gate_id)
-            )
+            approvals = self._approvals(site.gate_id)
+            while True:
+                report = await self.checker.evaluate(
+                    site.gate_id,
+                    phase,
+                    site.gate,
+                    self._metrics(site.phase, site.milestone),
+                    approvals,
+                    milestone=milestone,
+                    run_id=str(self.run_id),
+                    state_dir=self.state_dir,
+                )
+                # a decision recorded while the conditions were checked counts at once
+                latest = self._approvals(site.gate_id) if report.waiting else approvals
+                if latest == approvals:
+                    break
+                approvals = latest
         except asyncio.CancelledError:
-            report = GateReport(gate_id, phase.id, "cancelled", [])
+            report = GateReport(site.gate_id, phase, "cancelled", [], milestone)
         except Exception as exc:  # a broken condition fails its gate, never the run
             failed = ConditionResult("error", "evaluation", False, f"{type(exc).__name__}: {exc}")
-            report = GateReport(gate_id, phase.id, "blocked", [failed])
+            status = "blocked" if site.side == "entry" else "incomplete"
+            report = GateReport(site.gate_id, phase, status, [failed], milestone)
         self.completions.append(Completion(v, 0, "gate", report=report))
         self.wake.set()
 
@@ -99,12 +135,39 @@ class Steering:
         self.emit("gate_evaluated", **report.to_json())
         if report.status == "cancelled":
             return
+        was_waiting = v in self.gates_waiting
         if report.passed:
+            self.gates_waiting.discard(v)
             self._complete_node(v)
+            self._gate_passed(report.gate, report)
         elif report.waiting:
             self.gates_waiting.add(v)
+            if not was_waiting:
+                self._gate_blocked(report.gate, report)
         else:
+            self.gates_waiting.discard(v)
             self._block_downstream(v, f"gate {report.gate} {report.status}: {report.reason()}")
+            self._gate_blocked(report.gate, report)
+
+    def _gate_blocked(self, gate_id: str, report: GateReport) -> None:
+        """A gate holds work back: the hook the escalation ladder hangs on (a no-op here).
+
+        Called when an evaluation of ``gate_id`` ends ``blocked`` (entry gate) or
+        ``incomplete`` (exit gate), after what waits on the gate has been blocked, and
+        when a wait for an approval starts (``report.status == "waiting"``; the
+        re-evaluations of a gate that is still waiting do not call it again). A gate
+        may be reported more than once in a run (a wait, then a rejection), and again
+        after a resume: use ``gate_id`` as the key of its case. Runs on the event loop,
+        between two steps of the run: it must not block.
+        """
+
+    def _gate_passed(self, gate_id: str, report: GateReport) -> None:
+        """A gate passed (``allowed`` or ``completed``): close its case, if one is open.
+
+        Called for every passing evaluation, after what waits on the gate has been
+        released, whether or not :meth:`_gate_blocked` was called for it before (it may
+        have been, in an earlier process of a resumed run). A no-op here.
+        """
 
     def _approvals(self, gate_id: str) -> list[Approval]:
         decisions = [
@@ -121,9 +184,13 @@ class Steering:
             found.append(Approval(f"--approve-as {self.options.approve_as}", True))
         return found
 
-    def _metrics(self, k: int) -> dict[str, float]:
-        phase_tasks = [t for t in range(self.g.n_tasks) if self.g.phase_of_task[t] == k]
-        out = _counts("phase", [self.state[t] for t in phase_tasks])
+    def _metrics(self, k: int, milestone: int | None = None) -> dict[str, float]:
+        """``phase.*`` for phase ``k``, ``run.*``, and ``milestone.*`` for a milestone's gate."""
+        g = self.g
+        out = _counts("phase", [self.state[t] for t in range(g.n_tasks) if g.phase_of_task[t] == k])
+        if milestone is not None:
+            mine = [self.state[t] for t in range(g.n_tasks) if g.milestone_of_task[t] == milestone]
+            out.update(_counts("milestone", mine))
         out.update(_counts("run", self.state))
         return out
 
@@ -142,11 +209,16 @@ class Steering:
                 self._set_agent_state(cmd.args["agent"], cmd.args["state"])
             elif cmd.kind in ("approve", "reject"):
                 self._recheck_gates(cmd.args.get("gate", ""))
+            else:
+                self._command(cmd.kind, cmd.args)
+
+    def _command(self, kind: str, args: dict[str, Any]) -> None:
+        """Operator commands handled elsewhere (``resolve``): see the orchestrator."""
 
     def _recheck_gates(self, gate_id: str) -> None:
         for v in list(self.gates_waiting):
-            found = self._gate_of(v)
-            if found is not None and found[0] == gate_id:
+            site = self._gate_of(v)
+            if site is not None and site.gate_id == gate_id and v not in self.gates_running:
                 self._start_gate(v)
 
     def set_agent_state(self, name: str, state: str) -> None:

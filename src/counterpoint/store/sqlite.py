@@ -228,6 +228,21 @@ class SqliteStore:
     def dirty(self) -> bool:
         return bool(self._pending)
 
+    # -- tables of other modules (escalations, shared state, ...) ---------------
+
+    def ensure_schema(self, ddl: str) -> None:
+        """Create a module's own tables and indexes (``CREATE ... IF NOT EXISTS``)."""
+        self.flush()
+        self.conn.executescript(ddl)
+
+    def write(self, sql: str, params: Sequence[Any]) -> None:
+        """Buffer a write; it is committed by the next :meth:`flush`, in order with the rest."""
+        self._queue(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read (what :meth:`write` buffered is only seen after a flush)."""
+        return self.conn.execute(sql, params).fetchall()
+
     # -- runs ------------------------------------------------------------------
 
     def create_run(
