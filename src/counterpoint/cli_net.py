@@ -16,7 +16,13 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from counterpoint.cli import EXIT_INVALID, EXIT_OK, cli, err, fail, out
-from counterpoint.cli_run import resume_latest, serving, state_option
+from counterpoint.cli_run import (
+    output_options,
+    resume_latest,
+    serving,
+    state_option,
+    sync_option,
+)
 from counterpoint.net.tokens import TokenError, TokenStore
 
 
@@ -26,15 +32,8 @@ from counterpoint.net.tokens import TokenError, TokenStore
 @click.option(
     "--port", type=click.IntRange(0, 65535), help="Port (default 8765; 0 picks a free one)."
 )
-@click.option(
-    "--sync",
-    type=click.Choice(["full", "normal"]),
-    default="full",
-    show_default=True,
-    help="Journal durability: full survives power loss; normal only process crashes.",
-)
-@click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
-@click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
+@sync_option
+@output_options
 def serve(
     state: str | None,
     host: str | None,

@@ -62,6 +62,15 @@ def _open(state: str | None) -> tuple[SqliteStore, RunRecord]:
         fail(str(exc))
 
 
+sync_option = click.option(
+    "--sync",
+    type=click.Choice(["full", "normal"]),
+    default="full",
+    show_default=True,
+    help="Journal durability: full survives power loss; normal only process crashes.",
+)
+
+
 def serve_options(func: Any) -> Any:
     func = click.option(
         "--port",
@@ -87,7 +96,7 @@ def serving(serve: bool, host: str | None, port: int | None) -> ServeOptions | N
     return ServeOptions(host or "127.0.0.1", 8765 if port is None else port)
 
 
-def _output_options(func: Any) -> Any:
+def output_options(func: Any) -> Any:
     func = click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")(func)
     func = click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")(func)
     return func
@@ -104,15 +113,9 @@ def _output_options(func: Any) -> Any:
     help="Multiply plan time (estimates, timeouts) by this factor, e.g. 1e-5 for a quick demo.",
 )
 @click.option("--approve-as", metavar="NAME", help="Approve every approval gate as NAME.")
-@click.option(
-    "--sync",
-    type=click.Choice(["full", "normal"]),
-    default="full",
-    show_default=True,
-    help="Journal durability: full survives power loss; normal only process crashes.",
-)
+@sync_option
 @serve_options
-@_output_options
+@output_options
 def run(
     plan: str,
     state: str | None,
@@ -141,16 +144,10 @@ def run(
 @cli.command()
 @state_option
 @click.option("--allow-changed-plan", is_flag=True, help="Resume even if the plan file changed.")
-@click.option(
-    "--sync",
-    type=click.Choice(["full", "normal"]),
-    default="full",
-    show_default=True,
-    help="Journal durability: full survives power loss; normal only process crashes.",
-)
+@sync_option
 @click.option("--retry-failed", is_flag=True, help="Run failed tasks again (and what they block).")
 @serve_options
-@_output_options
+@output_options
 def resume(
     state: str | None,
     allow_changed_plan: bool,

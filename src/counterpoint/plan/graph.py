@@ -285,6 +285,20 @@ class Graph:
     def successors(self, node: int) -> list[int]:
         return self.succ[self.succ_start[node] : self.succ_start[node + 1]]
 
+    def descendants(self, node: int) -> set[int]:
+        """Every node that depends, directly or not, on ``node`` (barriers included)."""
+        seen: set[int] = set()
+        stack = [node]
+        ss, succ = self.succ_start, self.succ
+        while stack:
+            u = stack.pop()
+            for i in range(ss[u], ss[u + 1]):
+                w = succ[i]
+                if w not in seen:
+                    seen.add(w)
+                    stack.append(w)
+        return seen
+
 
 def compile_plan(plan: Plan) -> Graph:
     """``plan.compile()``: raises :class:`PlanError` listing every broken reference and cycle."""

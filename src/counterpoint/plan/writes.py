@@ -81,15 +81,5 @@ def _pairs(entries: list[tuple[int, str]], out: set[tuple[int, int, str, str]]) 
 def _reaches(graph: Graph, memo: dict[int, set[int]], a: int, b: int) -> bool:
     seen = memo.get(a)
     if seen is None:
-        seen = set()
-        stack = [a]
-        ss, succ = graph.succ_start, graph.succ
-        while stack:
-            u = stack.pop()
-            for i in range(ss[u], ss[u + 1]):
-                w = succ[i]
-                if w not in seen:
-                    seen.add(w)
-                    stack.append(w)
-        memo[a] = seen
+        seen = memo[a] = graph.descendants(a)
     return b in seen

@@ -196,23 +196,7 @@ class SharedState:
         ):
             v = Version(row[0], row[1], json.loads(row[2]), *row[3:])
             self.keys.setdefault(v.key, _Key()).versions.append(v)
-        for row in self.store.query(
-            "SELECT id, kind, key, tasks, candidates, policy, status, resolution, detected,"
-            " resolved FROM conflicts WHERE run_id = ? ORDER BY id",
-            (self.run_id,),
-        ):
-            c = Conflict(
-                row[0],
-                row[1],
-                row[2],
-                json.loads(row[3]),
-                json.loads(row[4]),
-                row[5],
-                row[6],
-                row[8],
-                json.loads(row[7]) if row[7] else None,
-                row[9],
-            )
+        for c in _conflicts(self.store, self.run_id):
             self.conflicts[c.id] = c
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -581,17 +565,7 @@ class SharedState:
         """Whether task ``b`` depends, directly or not, on task ``a``."""
         seen = self._reach.get(a)
         if seen is None:
-            seen = set()
-            stack = [a]
-            ss, succ = self.g.succ_start, self.g.succ
-            while stack:
-                u = stack.pop()
-                for i in range(ss[u], ss[u + 1]):
-                    w = succ[i]
-                    if w not in seen:
-                        seen.add(w)
-                        stack.append(w)
-            self._reach[a] = seen
+            seen = self._reach[a] = self.g.descendants(a)
         return b in seen
 
 
@@ -618,30 +592,33 @@ def _merge_values(a: Any, b: Any) -> Any:
     return a if a == b else MISSING
 
 
-def read_conflicts(store: SqliteStore, run_id: int) -> list[dict[str, Any]]:
-    """Every conflict of a run, as JSON, for the command line (from any process)."""
-    store.ensure_schema(SCHEMA)
+def _conflicts(store: SqliteStore, run_id: int) -> list[Conflict]:
     rows = store.query(
         "SELECT id, kind, key, tasks, candidates, policy, status, resolution, detected,"
         " resolved FROM conflicts WHERE run_id = ? ORDER BY id",
         (run_id,),
     )
-    out = []
-    for r in rows:
-        c = Conflict(
-            r[0],
-            r[1],
-            r[2],
-            json.loads(r[3]),
-            json.loads(r[4]),
-            r[5],
-            r[6],
-            r[8],
-            json.loads(r[7]) if r[7] else None,
-            r[9],
+    return [
+        Conflict(
+            id=r[0],
+            kind=r[1],
+            key=r[2],
+            tasks=json.loads(r[3]),
+            candidates=json.loads(r[4]),
+            policy=r[5],
+            status=r[6],
+            resolution=json.loads(r[7]) if r[7] else None,
+            detected=r[8],
+            resolved=r[9],
         )
-        out.append(c.to_json())
-    return out
+        for r in rows
+    ]
+
+
+def read_conflicts(store: SqliteStore, run_id: int) -> list[dict[str, Any]]:
+    """Every conflict of a run, as JSON, for the command line (from any process)."""
+    store.ensure_schema(SCHEMA)
+    return [c.to_json() for c in _conflicts(store, run_id)]
 
 
 def read_state(store: SqliteStore, run_id: int) -> dict[str, list[dict[str, Any]]]:
