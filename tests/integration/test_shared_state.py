@@ -249,12 +249,35 @@ def test_a_conflict_nobody_decides_climbs_the_ladder_then_fails_its_readers(
     )
     code, events = run_in_process(ws)
     assert code == 1
-    opened = events.kinds("escalation_opened")
-    assert len(opened) == 1 and opened[0].data["subject"] == "conflict:1", opened
+    opened = [e.data["subject"] for e in events.kinds("escalation_opened")]
+    assert opened == ["conflict:1", "dependency:c"], opened  # then c's failure blocks d
     assert [e.data["level_name"] for e in events.kinds("escalated")] == ["execs"]
-    assert len(events.kinds("escalation_exhausted")) == 1
+    exhausted = [e.data["subject"] for e in events.kinds("escalation_exhausted")]
+    assert exhausted == ["conflict:1"], exhausted
     failed = {e.task: e.data["error"] for e in events.kinds("task_failed")}
     assert set(failed) == {"c"} and "'net.cidr' was not resolved" in failed["c"], failed
     assert [e.task for e in events.kinds("task_blocked")] == ["d"]
     assert not any(r["task"] == "c" for r in records(ws))
     assert conflicts(ws)[0]["status"] == "failed"
+
+
+def test_vote_waits_on_a_tie_and_the_majority_decides(tmp_path: Path) -> None:
+    ws = Workspace.create(tmp_path)
+    state_plan(
+        ws,
+        [
+            writer("a", {"net.cidr": "X"}, sleep=0.05),
+            writer("b", {"net.cidr": "Y"}, sleep=0.4),
+            writer("c", {"net.cidr": "X"}, sleep=0.8),
+            writer("reader", {}, needs=["b"], reads=["net.cidr"]),
+        ],
+        shared_state={"policies": [{"key": "net.*", "policy": "vote"}]},
+    )
+    code, events = run_in_process(ws)
+    assert code == 0
+    waiting = [e for e in events.kinds("task_waiting") if e.task == "reader"]
+    assert waiting, "the reader should wait while the vote is tied"
+    (c,) = conflicts(ws)
+    assert c["status"] == "resolved" and c["tasks"] == ["a", "b", "c"], c
+    assert c["resolution"]["reason"] == "2 of 3 writers wrote this value"
+    assert seen_by(ws, "reader") == {"net.cidr": "X"}

@@ -131,6 +131,8 @@ class Orchestrator(Steering):
         self.writers_running: dict[int, list[str]] = {}  # serialized writes: task -> keys
         self.finished_at: dict[int, float] = {}  # completed task -> wall time
         self.parked: dict[int, str] = {}  # ready tasks waiting outside the queue, and why
+        self.contended: dict[int, tuple[float, list[str]]] = {}  # task -> since, resources
+        self.unrunnable: dict[int, str] = {}  # parked: no agent able to take it can work
         self.escalator = Escalator(
             self.plan.escalation,
             store,
@@ -341,16 +343,25 @@ class Orchestrator(Steering):
             if ready > now:
                 if ready != math.inf:
                     self._timer(ready)
+                self._note_contention(t, demand, now)
                 continue
             if self._parks(demand, t, now):
                 continue
             agent = self.agents.pick(demand.pool) if demand.pool >= 0 else None
             if demand.pool >= 0 and agent is None:
+                if not self._can_ever_run(demand.pool):
+                    self._park_unrunnable(demand, t, now)
                 continue
             self.queue.take(demand, t, now)
             self._start(t, agent, demand, now)
 
     def _start(self, t: int, agent: int | None, demand: Demand, now: float) -> None:
+        if self.unrunnable.pop(t, None) is not None:
+            self.escalator.resolve(f"task:{self.g.task_ids[t]}", {"by": "run", "started": True})
+        waited = self.contended.pop(t, None)
+        if waited is not None:
+            since, names = waited
+            self.emit("resource_waited", t, resources=names, waited_s=round(now - since, 6))
         self.resources.take(demand, now)
         if agent is not None:
             self.agents.take(agent)
@@ -643,23 +654,40 @@ class Orchestrator(Steering):
                 self._on_ready(w)
 
     def _block_downstream(self, v: int, reason: str) -> None:
-        stack = [v]
+        """Block everything that waits on ``v``; each blocked task's event names the chain
+        of dependencies from ``v`` to it. A dependency conflict: it goes up the ladder."""
+        origin = self.g.label(v) if v >= self.g.n_tasks else self.g.task_ids[v]
+        stack = [(v, [origin])]
+        blocked = []
         ss, succ = self.g.succ_start, self.g.succ
         while stack:
-            u = stack.pop()
+            u, chain = stack.pop()
             for i in range(ss[u], ss[u + 1]):
                 w = succ[i]
                 if not self.blocked[w] and not self.done[w]:
-                    self._mark_blocked(w, reason)
-                    stack.append(w)
+                    link = [*chain, self.g.task_ids[w]] if w < self.g.n_tasks else chain
+                    self._mark_blocked(w, reason, link)
+                    stack.append((w, link))
+                    if w < self.g.n_tasks:
+                        blocked.append(self.g.task_ids[w])
+        if blocked and not self.failed_fast:
+            self.escalator.open(
+                f"dependency:{origin}",
+                "dependency",
+                f"{len(blocked)} task(s) can never start: {reason}",
+                {"origin": origin, "reason": reason, "blocked": sorted(blocked)},
+            )
 
-    def _mark_blocked(self, v: int, reason: str) -> None:
+    def _mark_blocked(self, v: int, reason: str, chain: list[str] | None = None) -> None:
         self.blocked[v] = 1
         if v < self.g.n_tasks:
             self.state[v] = TaskState.BLOCKED
             self.blocked_by[v] = reason
             self._save(v)
-            self.emit("task_blocked", v, reason=reason)
+            if chain is None:
+                self.emit("task_blocked", v, reason=reason)
+            else:
+                self.emit("task_blocked", v, reason=reason, chain=chain)
 
     # -- the end ----------------------------------------------------------------------
 
@@ -750,6 +778,7 @@ class Orchestrator(Steering):
             capacity = min(self.plan.agents[agent].capacity, int(info.get("capacity", 1)))
             self.agents.set_capacity(a, capacity)
             self.emit("agent_connected", agent=agent, **info)
+            self._agents_changed()
         elif state == "offline":
             self.agents.offline[a] = True
             self.emit("agent_disconnected", agent=agent, **info)
@@ -817,8 +846,13 @@ class Orchestrator(Steering):
 
     def _conflict_raised(self, conflict: Conflict) -> None:
         self._conflict_event("conflict_detected", conflict)
-        if conflict.status == "resolved":
+        if conflict.status == "resolved":  # decided now, perhaps after waiting open
             self._conflict_event("conflict_resolved", conflict)
+            case = self.escalator.case(f"conflict:{conflict.id}")
+            if case is not None and case.status != "resolved":
+                self.escalator.resolve(f"conflict:{conflict.id}", conflict.resolution or {})
+            if self.parked:
+                self._unpark()
         else:
             self.escalator.open(
                 f"conflict:{conflict.id}",
@@ -867,6 +901,12 @@ class Orchestrator(Steering):
         """Nobody decided a gate waiting for approval in time: what waits on it is blocked.
         (A gate that failed its conditions has blocked its work already.)"""
         kind, _, gate_id = subject.partition(":")
+        t = self.g.index.get(gate_id) if kind == "task" else None
+        if t is not None and t in self.unrunnable:
+            reason = self.unrunnable.pop(t)
+            self.parked.pop(t, None)
+            self._fail(t, f"{reason}; no more escalation levels available")
+            return
         if kind != "gate":
             return
         for v in list(self.gates_waiting):
@@ -923,6 +963,51 @@ class Orchestrator(Steering):
         self.parked[t] = why
         self.emit("task_waiting", t, reason=why)
         return True
+
+    def _note_contention(self, t: int, demand: Demand, now: float) -> None:
+        """``t`` waits for resources: remember since when and for which (the first time)."""
+        if t in self.contended:
+            return
+        names = [
+            self.resources.names[r] for r, units in demand.counted if self.resources.free[r] < units
+        ] + [
+            self.resources.names[r]
+            for r, units in demand.rated
+            if self.resources.buckets[r].ready_at(now, units) > now
+        ]
+        self.contended[t] = (now, names)
+        self.emit("resource_contention", t, resources=names)
+
+    def _can_ever_run(self, pool: int) -> bool:
+        """Some agent able to take the work is usable, or a remote one may still connect."""
+        agents = self.agents
+        return any(
+            agents.capacity[a] > 0 and (agents.usable(a) or agents.offline[a])
+            for a in agents.pools[pool]
+        )
+
+    def _park_unrunnable(self, demand: Demand, t: int, now: float) -> None:
+        """No agent that could take ``t`` can work (lost, in maintenance): a dependency
+        conflict. ``t`` waits outside the queue and its case goes up the ladder."""
+        able = [self.agents.names[a] for a in self.agents.pools[demand.pool]]
+        states = ", ".join(f"{n} {self.agents.state(self.agents.index[n]).value}" for n in able)
+        reason = f"no agent able to take it can work ({states or 'none'})"
+        self.queue.take(demand, t, now)
+        self.parked[t] = reason
+        tid = self.g.task_ids[t]
+        if self.unrunnable.get(t) != reason:
+            self.emit("task_unrunnable", t, reason=reason, agents=able)
+        self.unrunnable[t] = reason
+        self.escalator.open(
+            f"task:{tid}",
+            "dependency",
+            f"{tid} cannot start: {reason}",
+            {"task": tid, "reason": reason, "agents": able},
+        )
+
+    def _agents_changed(self) -> None:
+        if self.unrunnable:
+            self._unpark()  # those still without an agent come back here
 
     def _unpark(self) -> None:
         """Give parked tasks back to the queue (their reason may be gone)."""

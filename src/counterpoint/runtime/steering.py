@@ -234,6 +234,10 @@ class Steering:
         if journal:
             self.store.save_agent_state(self.run_id, name, state)
             self.emit("agent_state", agent=name, state=state)
+        self._agents_changed()
+
+    def _agents_changed(self) -> None:
+        """An agent came back or left: work that waited for one may go on (orchestrator)."""
 
 
 def _counts(scope: str, states: list[TaskState]) -> dict[str, float]:

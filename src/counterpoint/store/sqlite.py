@@ -197,7 +197,7 @@ class SqliteStore:
         conn.executescript(_SCHEMA)
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if version is None:
-            conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         elif int(version[0]) > SCHEMA_VERSION:
             raise StateDirError(
                 f"{self.path} was written by a newer counterpoint (schema {version[0]})"
