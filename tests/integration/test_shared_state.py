@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +283,68 @@ def test_vote_waits_on_a_tie_and_the_majority_decides(tmp_path: Path) -> None:
     assert c["status"] == "resolved" and c["tasks"] == ["a", "b", "c"], c
     assert c["resolution"]["reason"] == "2 of 3 writers wrote this value"
     assert seen_by(ws, "reader") == {"net.cidr": "X"}
+
+
+def api(url: str, path: str, token: str | None, body: Any = None) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url.replace("ws://", "http://") + path,
+        data=None
+        if body is None
+        else (body if isinstance(body, bytes) else json.dumps(body).encode()),
+        method="GET" if body is None else "POST",
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_an_operator_decides_a_conflict_over_the_api_of_a_served_run(tmp_path: Path) -> None:
+    ws = Workspace.create(tmp_path)
+    state_plan(
+        ws,
+        [
+            writer("a", {"net.cidr": "10.1.0.0/16"}),
+            writer("b", {"net.cidr": "10.2.0.0/16"}, sleep=0.4),
+            writer("c", {}, needs=["a", "b"], reads=["net.cidr"]),
+        ],
+    )
+    made = cli("token", "create", "alice", "--operator", "--state", ws.state)
+    assert made.code == 0, str(made)
+    token = made.stdout.strip()
+    run = Background(
+        ws.dir, "run", ws.plan, "--state", ws.state, "--serve", "--port", "0", "--json"
+    )
+
+    def url() -> str | None:
+        for line in run.out_path.read_text().splitlines():
+            event = json.loads(line)
+            if event["event"] == "hub_listening":
+                return str(event["url"])
+        return None
+
+    try:
+        base = wait_for(url, what="the hub to listen")
+        wait_for(lambda: api(base, "/api/conflicts", token)[1]["conflicts"], what="a conflict")
+        assert api(base, "/api/conflicts", None)[0] == 401
+        assert api(base, "/api/conflicts/1/resolve", None, {"task": "a"})[0] == 401
+        code, answer = api(base, "/api/conflicts/1/resolve", token, b"{not json")
+        assert code == 400 and "not valid JSON" in answer["error"], answer
+        code, answer = api(base, "/api/conflicts/1/resolve", token, {"task": "a", "value": 1})
+        assert code == 400, answer
+        code, answer = api(base, "/api/conflicts/9/resolve", token, {"task": "a"})
+        assert code == 404 and "no conflict 9" in answer["error"], answer
+        code, answer = api(base, "/api/conflicts/1/resolve", token, {"task": "zz"})
+        assert code == 409 and "not part of conflict 1" in answer["error"], answer
+        code, answer = api(base, "/api/conflicts/1/resolve", token, {"value": "10.9.0.0/16"})
+        assert code == 200 and answer["status"] == "resolved", answer
+        assert answer["resolution"]["by"] == "alice"
+        code, answer = api(base, "/api/conflicts/1/resolve", token, {"task": "a"})
+        assert code == 409 and "already resolved" in answer["error"], answer
+        result = run.wait(timeout=30)
+    finally:
+        run.stop()
+    assert result.code == 0, str(result)
+    assert seen_by(ws, "c") == {"net.cidr": "10.9.0.0/16"}

@@ -273,7 +273,8 @@ def test_two_tasks_editing_the_same_line_the_second_to_finish_conflicts(
     (detected,) = seen.kinds("conflict_detected")
     assert detected.data["conflict_kind"] == "merge" and detected.data["key"] == "files:shared.txt"
     assert detected.data["status"] == "open" and detected.data["tasks"] == ["late"]
-    assert [e.data["subject"] for e in seen.kinds("escalation_opened")] == ["conflict:1"]
+    opened = [e.data["subject"] for e in seen.kinds("escalation_opened")]
+    assert opened == ["conflict:1", "dependency:late"]  # late failed: after-late is blocked
     # The task's diff, its worktree (with its work committed) and its branch are kept.
     text = diff.read_text()
     assert "-two" in text and "+2 (late)" in text and "shared.txt" in text

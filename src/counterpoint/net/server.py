@@ -7,6 +7,9 @@ Routes:
   TOKEN`` with the agent's own token, else the upgrade is refused (HTTP 403).
 - ``GET /api/run``: the run's status (operator token).
 - ``POST /api/cancel``: cancel the run (operator token).
+- ``GET /api/conflicts``: the run's data conflicts (operator token).
+- ``POST /api/conflicts/{id}/resolve``: decide one, ``{"task": T}`` or ``{"value": V}``
+  (operator token).
 
 It binds to 127.0.0.1 unless told otherwise, and never lets bad input crash it:
 a frame that breaks the protocol gets an error frame, a frame larger than
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -51,9 +55,15 @@ class Operations:
         self,
         status: Callable[[], dict[str, Any]],
         cancel: Callable[[str], None],
+        conflicts: Callable[[], list[dict[str, Any]]] | None = None,
+        resolve: Callable[[int, dict[str, Any], str], dict[str, Any]] | None = None,
     ) -> None:
         self.status = status
         self.cancel = cancel
+        self.conflicts = conflicts
+        #: ``resolve(conflict_id, {"task": T} or {"value": V}, by)``: the decided conflict,
+        #: or LookupError (no such conflict) / ValueError (a decision it refuses).
+        self.resolve = resolve
 
 
 def bearer(conn: HTTPConnection) -> str:
@@ -87,52 +97,110 @@ async def _incoming(ws: WebSocket) -> AsyncIterator[str]:
         yield text
 
 
-def build_app(hub: Hub, tokens: TokenStore, operations: Operations | None = None) -> Starlette:
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "agents": len(hub.connected())})
+class _Api:
+    """The routes: agents' WebSocket, health, and the operator API (operator token)."""
 
-    async def agent_ws(ws: WebSocket) -> None:
+    def __init__(self, hub: Hub, tokens: TokenStore, operations: Operations | None) -> None:
+        self.hub = hub
+        self.tokens = tokens
+        self.operations = operations
+
+    async def healthz(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "agents": len(self.hub.connected())})
+
+    async def agent_ws(self, ws: WebSocket) -> None:
         agent = ws.path_params["agent"]
-        if not tokens.check(agent, bearer(ws)):
+        if not self.tokens.check(agent, bearer(ws)):
             log.warning("refused a connection for agent %r: bad or missing token", agent)
             await ws.close(fr.CLOSE_UNAUTHORIZED)  # before accept: HTTP 403
             return
         await ws.accept()
-        await hub.serve(agent, _StarletteConnection(ws), _incoming(ws))
+        await self.hub.serve(agent, _StarletteConnection(ws), _incoming(ws))
 
-    def operator(request: Request) -> str | None:
-        return tokens.operator(bearer(request))
+    def operator(self, request: Request) -> str | None:
+        return self.tokens.operator(bearer(request))
 
-    def refused() -> JSONResponse:
-        return JSONResponse(
-            {"error": "an operator token is required (Authorization: Bearer TOKEN)"},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    async def run_status(self, request: Request) -> JSONResponse:
+        if self.operator(request) is None:
+            return _refused()
+        body = self.operations.status() if self.operations else {}
+        return JSONResponse({**body, "agents": self.hub.connected()})
 
-    async def run_status(request: Request) -> JSONResponse:
-        if operator(request) is None:
-            return refused()
-        body = operations.status() if operations else {}
-        return JSONResponse({**body, "agents": hub.connected()})
-
-    async def cancel(request: Request) -> JSONResponse:
-        who = operator(request)
+    async def cancel(self, request: Request) -> JSONResponse:
+        who = self.operator(request)
         if who is None:
-            return refused()
-        if operations is None:
-            return JSONResponse({"error": "no run to cancel"}, status_code=409)
-        operations.cancel(f"cancelled by operator {who}")
+            return _refused()
+        if self.operations is None:
+            return _error("no run to cancel", 409)
+        self.operations.cancel(f"cancelled by operator {who}")
         return JSONResponse({"cancelling": True, "by": who}, status_code=202)
 
+    async def conflicts(self, request: Request) -> JSONResponse:
+        if self.operator(request) is None:
+            return _refused()
+        ops = self.operations
+        return JSONResponse({"conflicts": ops.conflicts() if ops and ops.conflicts else []})
+
+    async def resolve(self, request: Request) -> JSONResponse:
+        who = self.operator(request)
+        if who is None:
+            return _refused()
+        if self.operations is None or self.operations.resolve is None:
+            return _error("no run to decide for", 409)
+        ident = request.path_params["conflict"]
+        if not ident.isdigit():
+            return _error(f"no conflict {ident!r}: conflict ids are numbers", 404)
+        body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        if not isinstance(body, dict) or len(body.keys() & {"task", "value"}) != 1:
+            return _error('the body must be {"task": TASK} or {"value": JSON}', 400)
+        try:
+            return JSONResponse(self.operations.resolve(int(ident), body, who))
+        except LookupError as exc:
+            return _error(str(exc.args[0]) if exc.args else "not found", 404)
+        except ValueError as exc:
+            return _error(str(exc), 409)
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _refused() -> JSONResponse:
+    return JSONResponse(
+        {"error": "an operator token is required (Authorization: Bearer TOKEN)"},
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def build_app(hub: Hub, tokens: TokenStore, operations: Operations | None = None) -> Starlette:
+    api = _Api(hub, tokens, operations)
     return Starlette(
         routes=[
-            Route("/healthz", healthz),
-            WebSocketRoute("/agents/{agent}/ws", agent_ws),
-            Route("/api/run", run_status),
-            Route("/api/cancel", cancel, methods=["POST"]),
+            Route("/healthz", api.healthz),
+            WebSocketRoute("/agents/{agent}/ws", api.agent_ws),
+            Route("/api/run", api.run_status),
+            Route("/api/cancel", api.cancel, methods=["POST"]),
+            Route("/api/conflicts", api.conflicts),
+            Route("/api/conflicts/{conflict}/resolve", api.resolve, methods=["POST"]),
         ]
     )
+
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+async def _json_body(request: Request) -> Any:
+    """The request's JSON body, or a 400/413 answer saying what is wrong with it."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        return JSONResponse({"error": "the body is over 1 MiB"}, status_code=413)
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as exc:
+        return JSONResponse({"error": f"the body is not valid JSON: {exc}"}, status_code=400)
 
 
 class _Server(uvicorn.Server):

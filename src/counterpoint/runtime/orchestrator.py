@@ -670,7 +670,7 @@ class Orchestrator(Steering):
                     stack.append((w, link))
                     if w < self.g.n_tasks:
                         blocked.append(self.g.task_ids[w])
-        if blocked and not self.failed_fast:
+        if blocked and not self.failed_fast and v < self.g.n_tasks:  # gates have their own case
             self.escalator.open(
                 f"dependency:{origin}",
                 "dependency",
@@ -1017,6 +1017,24 @@ class Orchestrator(Steering):
                 self._enqueue(t)
         self.wake.set()
 
+    def resolve_conflict(
+        self, conflict_id: int, decision: dict[str, Any], by: str
+    ) -> dict[str, Any]:
+        """An operator's decision over the API; LookupError or ValueError when refused."""
+        if conflict_id not in self.shared.conflicts:
+            raise LookupError(f"no conflict {conflict_id} in this run")
+        try:
+            conflict = self.shared.resolve(
+                conflict_id,
+                value=decision.get("value", MISSING),
+                task=decision.get("task"),
+                by=by,
+            )
+        except StateError as exc:
+            raise ValueError(str(exc)) from None
+        self._decided(conflict)
+        return conflict.to_json()
+
     def _command(self, kind: str, args: dict[str, Any]) -> None:
         if kind != "resolve":
             return
@@ -1030,6 +1048,10 @@ class Orchestrator(Steering):
         except StateError as exc:
             self.emit("command_refused", None, command="resolve", reason=str(exc))
             return
+        self._decided(conflict)
+
+    def _decided(self, conflict: Conflict) -> None:
+        """A person decided ``conflict``: say so, close its case, release its readers."""
         self._conflict_event("conflict_resolved", conflict)
         self.escalator.resolve(f"conflict:{conflict.id}", conflict.resolution or {})
         self._notify_conflict(conflict)

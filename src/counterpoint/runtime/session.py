@@ -317,7 +317,12 @@ async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None
         TokenStore(run.state_dir),
         run.serve.host,
         run.serve.port,
-        Operations(status=orch.snapshot, cancel=orch.cancel),
+        Operations(
+            status=orch.snapshot,
+            cancel=orch.cancel,
+            conflicts=lambda: [c.to_json() for c in orch.shared.conflicts.values()],
+            resolve=orch.resolve_conflict,
+        ),
         sock=run.sock,
     )
     await server.start()
