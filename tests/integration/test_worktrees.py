@@ -239,6 +239,26 @@ def test_a_python_agent_gets_its_worktree_as_ctx_workdir(tmp_path: Path, repo: P
     assert show(repo, INTEGRATION, "py.txt") == "py-1"
 
 
+def test_work_whose_state_writes_are_refused_is_not_merged(tmp_path: Path, repo: Path) -> None:
+    (tmp_path / "wt_bad.py").write_text(
+        "def work(task, ctx):\n"
+        "    (ctx.workdir / 'bad.txt').write_text('should not land')\n"
+        "    ctx.state.set('undeclared.key', 1)\n"
+        "    return {}\n",
+        encoding="utf-8",
+    )
+    plan = write_plan(tmp_path, [{"id": "bad", "requires": ["code"], "writes": ["ok.*"]}])
+    spec = yaml.safe_load(plan.read_text())
+    spec["agents"]["coder"]["runner"] = {"python": "wt_bad:work"}
+    plan.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    code, seen = run(plan, tmp_path / "state")
+    assert code == 1
+    (failed,) = seen.kinds("task_failed")
+    assert "'undeclared.key'" in failed.data["error"], failed
+    assert "bad.txt" not in git(repo, "ls-tree", "--name-only", INTEGRATION)
+    assert not seen.kinds("state_written")
+
+
 # -- conflicts, failures, cleanup ----------------------------------------------------------
 
 

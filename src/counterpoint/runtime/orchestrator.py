@@ -510,6 +510,11 @@ class Orchestrator(Steering):
             self.running.pop(done.node, None)
             self.bus.finished(self.g.task_ids[done.node])
             self._release(done.node)
+            if done.kind == "completed" and done.writes:
+                try:  # refused writes fail the attempt before its work is merged
+                    self.shared.validate(done.node, done.writes)
+                except StateError as exc:
+                    done.kind, done.error = "failed", str(exc)
             error = self._clean_workspace(done.node, keep=done.kind != "completed")
             if error is not None and done.kind in ("completed", "failed"):
                 done.kind, done.error = "failed", error  # e.g. a merge conflict

@@ -248,6 +248,16 @@ class SharedState:
         ``ordered_after(w, t)`` may say that an earlier writer ``w`` happened before ``t``
         although no dependency orders them (serialized writes).
         """
+        raised = []
+        for key, value in sorted(self.validate(t, writes).items()):
+            conflict = self._write(t, key, value, agent, attempt, ordered_after)
+            if conflict is not None:
+                raised.append(conflict)
+        return raised
+
+    def validate(self, t: int, writes: dict[str, Any]) -> dict[str, Any]:
+        """``writes`` as plain JSON values; StateError for an undeclared key or a value
+        JSON cannot hold (nothing is written then)."""
         task = self.g.tasks[t]
         undeclared = [k for k in writes if not matches(k, task.writes)]
         if undeclared:
@@ -255,18 +265,15 @@ class SharedState:
                 f"task {task.id!r} wrote {', '.join(map(repr, undeclared))}, which its "
                 f"writes ({', '.join(task.writes) or 'none'}) do not declare"
             )
-        raised = []
-        for key, value in sorted(writes.items()):
+        out = {}
+        for key, value in writes.items():
             try:
-                value = json.loads(json.dumps(value))
+                out[key] = json.loads(json.dumps(value))
             except (TypeError, ValueError) as exc:
                 raise StateError(
                     f"task {task.id!r}: the value of {key!r} is not JSON: {exc}"
                 ) from None
-            conflict = self._write(t, key, value, agent, attempt, ordered_after)
-            if conflict is not None:
-                raised.append(conflict)
-        return raised
+        return out
 
     def _write(
         self,
