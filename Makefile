@@ -21,7 +21,9 @@ demo: $(STAMP)
 	$(BIN)/counterpoint plan $(EXAMPLE) --json > $(OUT)/cloud-migration-plan.json
 	rm -rf $(OUT)/state
 	$(BIN)/counterpoint run $(EXAMPLE) --state $(OUT)/state --time-scale 0.000005 --approve-as demo
+	$(BIN)/counterpoint report --state $(OUT)/state -o $(OUT)/cloud-migration-report.html
 	@echo "Gantt chart: $(OUT)/cloud-migration-gantt.html; plan JSON: $(OUT)/cloud-migration-plan.json"
+	@echo "Run report: $(OUT)/cloud-migration-report.html"
 	@echo "Run journal: $(OUT)/state (try: $(BIN)/counterpoint status --state $(OUT)/state)"
 
 lint: $(STAMP)

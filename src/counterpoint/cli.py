@@ -222,6 +222,7 @@ def main() -> None:
     from counterpoint import (  # noqa: F401 - register their commands
         cli_gates,
         cli_net,
+        cli_report,
         cli_run,
         cli_state,
     )

@@ -1,0 +1,58 @@
+"""The ``report`` command: KPIs and the story of the latest run, as Markdown, HTML or JSON."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from counterpoint.cli import cli, err, fail
+from counterpoint.cli_run import _open, state_option
+from counterpoint.report import FORMATS, ReportError, build_report, format_for, parse_time, render
+
+
+def _time(option: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ReportError as exc:
+        fail(f"{option}: {exc}")
+
+
+@cli.command()
+@state_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    help="md (default), html (one self-contained file) or json; -o FILE's suffix picks it too.",
+)
+@click.option("--since", metavar="TIME", help="Only attempts and events from TIME (ISO 8601).")
+@click.option("--until", metavar="TIME", help="Only attempts and events up to TIME (ISO 8601).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to a file.")
+def report(
+    state: str | None, fmt: str | None, since: str | None, until: str | None, output: str | None
+) -> None:
+    """Report on the latest run: KPIs, phases, planned and actual Gantt, conflicts, gates."""
+    start, end = _time("--since", since), _time("--until", until)
+    if start is not None and end is not None and start > end:
+        fail(f"--since {since} is after --until {until}")
+    store, record = _open(state)
+    try:
+        made = build_report(store, record, since=start, until=end)
+    except ReportError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
+    text = render(made, format_for(output, fmt))
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"--output {output}: cannot write: {exc.strerror or exc}")
+    err.print(f"Report written to {escape(output)}")
