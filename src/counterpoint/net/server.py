@@ -8,6 +8,7 @@ Routes:
 - ``GET /api/run``: the run's status (operator token).
 - ``POST /api/cancel``: cancel the run (operator token).
 - ``GET /api/conflicts``: the run's data conflicts (operator token).
+- ``GET /metrics``: Prometheus metrics of the run (operator token).
 - ``POST /api/conflicts/{id}/resolve``: decide one, ``{"task": T}`` or ``{"value": V}``
   (operator token).
 
@@ -29,7 +30,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -40,6 +41,7 @@ from counterpoint.net.tokens import TokenStore
 
 log = logging.getLogger("counterpoint.server")
 
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
@@ -57,7 +59,9 @@ class Operations:
         cancel: Callable[[str], None],
         conflicts: Callable[[], list[dict[str, Any]]] | None = None,
         resolve: Callable[[int, dict[str, Any], str], dict[str, Any]] | None = None,
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
+        self.metrics = metrics  # the Prometheus exposition
         self.status = status
         self.cancel = cancel
         self.conflicts = conflicts
@@ -135,6 +139,13 @@ class _Api:
         self.operations.cancel(f"cancelled by operator {who}")
         return JSONResponse({"cancelling": True, "by": who}, status_code=202)
 
+    async def metrics(self, request: Request) -> Response:
+        if self.operator(request) is None:
+            return _refused()
+        if self.operations is None or self.operations.metrics is None:
+            return _error("no metrics: no run is served", 404)
+        return Response(self.operations.metrics(), media_type=METRICS_TYPE)
+
     async def conflicts(self, request: Request) -> JSONResponse:
         if self.operator(request) is None:
             return _refused()
@@ -184,6 +195,7 @@ def build_app(hub: Hub, tokens: TokenStore, operations: Operations | None = None
             Route("/api/run", api.run_status),
             Route("/api/cancel", api.cancel, methods=["POST"]),
             Route("/api/conflicts", api.conflicts),
+            Route("/metrics", api.metrics),
             Route("/api/conflicts/{conflict}/resolve", api.resolve, methods=["POST"]),
         ]
     )

@@ -214,6 +214,19 @@ class Orchestrator(Steering):
             "agents": agents,
         }
 
+    def metrics_sample(self) -> dict[str, Any]:
+        """What the Prometheus gauges show (read at each scrape)."""
+        snap = self.snapshot()
+        return {
+            "tasks": snap["counts"],
+            "agents": snap["agents"],
+            "queue": len(self.queue),
+            "waiting": len(self.parked),
+            "running": len(self.running),
+            "conflicts_open": len(self.shared.open_conflicts()),
+            "escalations_open": sum(1 for c in self.escalator.cases() if c.status == "open"),
+        }
+
     def emit(self, kind: str, task: int | None = None, **data: Any) -> None:
         tid = self.g.task_ids[task] if task is not None else None
         self.store.event(self.run_id, kind, tid, **data)

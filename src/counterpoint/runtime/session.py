@@ -298,6 +298,7 @@ async def _main(run: _Run, previous: dict[str, Any] | None) -> int:
 
 async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None) -> int:
     """Run with the hub served: remote agents connect, operators use the HTTP API."""
+    from counterpoint.metrics import RunMetrics
     from counterpoint.net.frames import CLOSE_RUN_FINISHED
     from counterpoint.net.hub import Hub, tune_gc_for_serving
     from counterpoint.net.server import HubServer, Operations
@@ -305,6 +306,8 @@ async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None
 
     assert run.serve is not None
     plan = run.graph.plan
+    metrics = RunMetrics(orch.metrics_sample)
+    orch.observers.observers.append(metrics)
     hub = Hub(
         orch.bus,
         plan.agents,
@@ -322,6 +325,7 @@ async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None
             cancel=orch.cancel,
             conflicts=lambda: [c.to_json() for c in orch.shared.conflicts.values()],
             resolve=orch.resolve_conflict,
+            metrics=metrics.exposition,
         ),
         sock=run.sock,
     )

@@ -1,0 +1,80 @@
+"""Prometheus metrics of a served run, scraped over HTTP while it runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from run_helpers import Background, Workspace, agent_spec, cli, one_phase, task, wait_for
+
+
+def scrape(base: str, token: str | None) -> tuple[int, str]:
+    request = urllib.request.Request(
+        base.replace("ws://", "http://") + "/metrics",
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.headers["Content-Type"].startswith("text/plain")
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def value(text: str, sample: str) -> float | None:
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def test_a_served_run_exposes_its_metrics_to_operators_only(tmp_path: Path) -> None:
+    ws = Workspace.create(tmp_path)
+    ws.write_plan(
+        one_phase(
+            [
+                task("quick", sleep=0.05),
+                task("broken", inputs={"fail": True}),
+                task("slow", sleep=3.0, needs=["quick"]),
+            ],
+            agents={"dev": agent_spec(ws, capacity=2)},
+        )
+    )
+    made = cli("token", "create", "ops", "--operator", "--state", ws.state)
+    assert made.code == 0, str(made)
+    token = made.stdout.strip()
+    run = Background(
+        ws.dir, "run", ws.plan, "--state", ws.state, "--serve", "--port", "0", "--json"
+    )
+
+    def url() -> str | None:
+        for line in run.out_path.read_text().splitlines():
+            event = json.loads(line)
+            if event["event"] == "hub_listening":
+                return str(event["url"])
+        return None
+
+    try:
+        base = wait_for(url, what="the hub to listen")
+        code, _ = scrape(base, None)
+        assert code == 401
+
+        def settled() -> str:
+            text = scrape(base, token)[1]
+            done = value(text, 'counterpoint_tasks{state="completed"}') == 1.0
+            return text if done and value(text, "counterpoint_tasks_running") == 1.0 else ""
+
+        text = wait_for(settled, what="quick done and slow running in the metrics")
+        assert value(text, 'counterpoint_tasks{state="completed"}') == 1.0
+        assert value(text, 'counterpoint_tasks{state="failed"}') == 1.0
+        assert value(text, 'counterpoint_task_attempts_total{outcome="completed"}') == 1.0
+        assert value(text, 'counterpoint_task_attempts_total{outcome="failed"}') == 1.0
+        assert value(text, 'counterpoint_agent_state{agent="dev",state="available"}') == 1.0
+        assert value(text, "counterpoint_tasks_running") == 1.0
+        count = value(text, 'counterpoint_task_duration_seconds_count{agent="dev",phase="p1"}')
+        assert count == 1.0, text
+        result = run.wait(timeout=30)
+    finally:
+        run.stop()
+    assert result.code == 1, str(result)
