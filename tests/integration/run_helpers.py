@@ -347,3 +347,43 @@ def spans(executions: Iterable[Execution]) -> list[tuple[float, float]]:
         assert e.end is not None, f"{e.task} attempt {e.attempt} never finished"
         out.append((e.start, e.end))
     return out
+
+
+# -- served runs and the journal ------------------------------------------------------------
+
+
+def served(ws: Workspace, operator: str = "ops") -> tuple[Background, str, str]:
+    """``counterpoint run --serve --port 0 --json`` in the background: (the run, its HTTP
+    base address, an operator token)."""
+    made = cli("token", "create", operator, "--operator", "--state", ws.state)
+    assert made.code == 0, str(made)
+    run = Background(
+        ws.dir, "run", ws.plan, "--state", ws.state, "--serve", "--port", "0", "--json"
+    )
+
+    def url() -> str | None:
+        for line in run.out_path.read_text().splitlines():
+            event = json.loads(line)
+            if event["event"] == "hub_listening":
+                return str(event["url"]).replace("ws://", "http://")
+        return None
+
+    try:
+        base = wait_for(url, what="the hub to listen")
+    except AssertionError:
+        run.stop()
+        raise
+    return run, base, made.stdout.strip()
+
+
+def journal(ws: Workspace, kind: str, run_id: int = 1) -> list[dict[str, Any]]:
+    """The data of the journal's events of ``kind`` (empty before the journal exists)."""
+    from counterpoint.store.sqlite import SqliteStore
+
+    if not (ws.state / "state.db").exists():
+        return []
+    store = SqliteStore(ws.state, create=False)
+    try:
+        return store.events_of_kind(run_id, kind)
+    finally:
+        store.close()

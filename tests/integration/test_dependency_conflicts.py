@@ -4,30 +4,18 @@ that blocks it and goes up the escalation ladder instead of waiting silently."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from run_helpers import (
     Background,
     Workspace,
     agent_spec,
     cli,
+    journal,
     one_phase,
     run_in_process,
     task,
     wait_for,
 )
-
-from counterpoint.store.sqlite import SqliteStore
-
-
-def journal(ws: Workspace, kind: str) -> list[dict[str, Any]]:
-    if not (ws.state / "state.db").exists():
-        return []
-    store = SqliteStore(ws.state, create=False)
-    try:
-        return store.events_of_kind(1, kind)
-    finally:
-        store.close()
 
 
 def test_waiting_for_a_resource_is_recorded_with_how_long(tmp_path: Path) -> None:

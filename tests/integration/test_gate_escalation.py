@@ -11,13 +11,12 @@ from run_helpers import (
     Workspace,
     agent_spec,
     cli,
+    journal,
     plan,
     run_in_process,
     task,
     wait_for,
 )
-
-from counterpoint.store.sqlite import SqliteStore
 
 
 def gated(ws: Workspace, exhausted: str, timeout: float = 0.15) -> None:
@@ -82,13 +81,3 @@ def test_an_approval_while_it_waits_closes_its_case(tmp_path: Path) -> None:
     assert closed["subject"] == "gate:ship.entry"
     assert not journal(ws, "escalation_exhausted")
     assert sorted(x.task for x in ws.executions()) == ["compile", "deploy"]
-
-
-def journal(ws: Workspace, kind: str) -> list[dict[str, Any]]:
-    if not (ws.state / "state.db").exists():
-        return []
-    store = SqliteStore(ws.state, create=False)
-    try:
-        return store.events_of_kind(1, kind)
-    finally:
-        store.close()

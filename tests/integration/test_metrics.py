@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from run_helpers import Background, Workspace, agent_spec, cli, one_phase, task, wait_for
+from run_helpers import Workspace, agent_spec, one_phase, served, task, wait_for
 
 
 def scrape(base: str, token: str | None) -> tuple[int, str]:
     request = urllib.request.Request(
-        base.replace("ws://", "http://") + "/metrics",
+        base + "/metrics",
         headers={"Authorization": f"Bearer {token}"} if token else {},
     )
     try:
@@ -41,22 +40,8 @@ def test_a_served_run_exposes_its_metrics_to_operators_only(tmp_path: Path) -> N
             agents={"dev": agent_spec(ws, capacity=2)},
         )
     )
-    made = cli("token", "create", "ops", "--operator", "--state", ws.state)
-    assert made.code == 0, str(made)
-    token = made.stdout.strip()
-    run = Background(
-        ws.dir, "run", ws.plan, "--state", ws.state, "--serve", "--port", "0", "--json"
-    )
-
-    def url() -> str | None:
-        for line in run.out_path.read_text().splitlines():
-            event = json.loads(line)
-            if event["event"] == "hub_listening":
-                return str(event["url"])
-        return None
-
+    run, base, token = served(ws)
     try:
-        base = wait_for(url, what="the hub to listen")
         code, _ = scrape(base, None)
         assert code == 401
 

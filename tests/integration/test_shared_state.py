@@ -19,6 +19,7 @@ from run_helpers import (
     cli,
     one_phase,
     run_in_process,
+    served,
     wait_for,
 )
 
@@ -287,7 +288,7 @@ def test_vote_waits_on_a_tie_and_the_majority_decides(tmp_path: Path) -> None:
 
 def api(url: str, path: str, token: str | None, body: Any = None) -> tuple[int, Any]:
     request = urllib.request.Request(
-        url.replace("ws://", "http://") + path,
+        url + path,
         data=None
         if body is None
         else (body if isinstance(body, bytes) else json.dumps(body).encode()),
@@ -311,22 +312,8 @@ def test_an_operator_decides_a_conflict_over_the_api_of_a_served_run(tmp_path: P
             writer("c", {}, needs=["a", "b"], reads=["net.cidr"]),
         ],
     )
-    made = cli("token", "create", "alice", "--operator", "--state", ws.state)
-    assert made.code == 0, str(made)
-    token = made.stdout.strip()
-    run = Background(
-        ws.dir, "run", ws.plan, "--state", ws.state, "--serve", "--port", "0", "--json"
-    )
-
-    def url() -> str | None:
-        for line in run.out_path.read_text().splitlines():
-            event = json.loads(line)
-            if event["event"] == "hub_listening":
-                return str(event["url"])
-        return None
-
+    run, base, token = served(ws, "alice")
     try:
-        base = wait_for(url, what="the hub to listen")
         wait_for(lambda: api(base, "/api/conflicts", token)[1]["conflicts"], what="a conflict")
         assert api(base, "/api/conflicts", None)[0] == 401
         assert api(base, "/api/conflicts/1/resolve", None, {"task": "a"})[0] == 401
