@@ -15,7 +15,7 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from counterpoint.cli import cli, out
-from counterpoint.cli_run import _open, _state_dir, state_option
+from counterpoint.cli_run import open_latest, state_dir_of, state_option
 from counterpoint.runtime.gates import DeclaredGate, declared_gates
 from counterpoint.runtime.session import lock_holder
 
@@ -35,14 +35,14 @@ _MARK: dict[bool | None, str] = {True: "[green]✓[/]", False: "[red]✗[/]", No
 @click.option("--json", "as_json", is_flag=True, help="Print the gates as one JSON object.")
 def gates(state: str | None, as_json: bool) -> None:
     """List every gate of the latest run's plan: its kind, latest status and conditions."""
-    store, record = _open(state)
+    store, record = open_latest(state)
     try:
         plan = json.loads(store.plan_json(record.id))
         evaluations = store.events_of_kind(record.id, "gate_evaluated")
     finally:
         store.close()
     status = record.status
-    if status == "running" and lock_holder(_state_dir(state)) is None:
+    if status == "running" and lock_holder(state_dir_of(state)) is None:
         status = "interrupted"  # journaled as running, but no process holds the run
     report = {
         "run": record.id,

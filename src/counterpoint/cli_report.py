@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from counterpoint.cli import cli, err, fail
-from counterpoint.cli_run import _open, state_option
+from counterpoint.cli_run import open_latest, state_option
 from counterpoint.report import FORMATS, ReportError, build_report, format_for, parse_time, render
 
 
@@ -40,7 +40,7 @@ def report(
     start, end = _time("--since", since), _time("--until", until)
     if start is not None and end is not None and start > end:
         fail(f"--since {since} is after --until {until}")
-    store, record = _open(state)
+    store, record = open_latest(state)
     try:
         made = build_report(store, record, since=start, until=end)
     except ReportError as exc:

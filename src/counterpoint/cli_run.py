@@ -49,12 +49,12 @@ def state_option(func: Any) -> Any:
     )(func)
 
 
-def _state_dir(state: str | None) -> Path:
+def state_dir_of(state: str | None) -> Path:
     return Path(state) if state else Path(".counterpoint")
 
 
-def _open(state: str | None) -> tuple[SqliteStore, RunRecord]:
-    directory = _state_dir(state)
+def open_latest(state: str | None) -> tuple[SqliteStore, RunRecord]:
+    directory = state_dir_of(state)
     try:
         store = SqliteStore(directory, create=False)
         return store, latest(store, directory)
@@ -174,15 +174,15 @@ def resume_latest(
     quiet: bool,
     as_json: bool,
 ) -> None:
-    store, record = _open(state)
+    store, record = open_latest(state)
     store.close()
     if hub is not None and record.status == "completed" and not retry_failed:
         fail(
-            f"the latest run in {_state_dir(state)} has completed; start a new one with "
+            f"the latest run in {state_dir_of(state)} has completed; start a new one with "
             "`counterpoint run PLAN --serve`"
         )
     options = stored_options(record, retry_failed=retry_failed)
-    directory = _state_dir(state)
+    directory = state_dir_of(state)
     _execute(
         lambda observers: resume_run(
             directory, options, observers, allow_changed_plan, sync, serve=hub
@@ -258,14 +258,14 @@ def _per_phase(graph: Graph, tasks: dict[str, Any]) -> list[tuple[str, dict[str,
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
 def status(state: str | None, as_json: bool) -> None:
     """Show the latest run: counts per state, running tasks, blocked tasks and why."""
-    store, record = _open(state)
+    store, record = open_latest(state)
     try:
         tasks = store.tasks(record.id)
         agents = store.agent_states(record.id)
         gates = {e.get("gate"): e for e in store.events_of_kind(record.id, "gate_evaluated")}
     finally:
         store.close()
-    alive = lock_holder(_state_dir(state)) is not None
+    alive = lock_holder(state_dir_of(state)) is not None
     report = _status_report(record, tasks, agents, alive)
     report["gates"] = [
         {"gate": g, "status": e.get("status"), "conditions": e.get("results", [])}
@@ -340,7 +340,7 @@ def _print_status(report: dict[str, Any]) -> None:
 def cancel(state: str | None) -> None:
     """Cancel the running plan (from any terminal): running tasks are stopped, exit code 3."""
     try:
-        run_id = request_cancel(_state_dir(state), by="counterpoint cancel")
+        run_id = request_cancel(state_dir_of(state), by="counterpoint cancel")
     except CounterpointError as exc:
         fail(str(exc))
     out.print(f"cancel requested for run {run_id}")
@@ -353,7 +353,7 @@ def cancel(state: str | None) -> None:
 def agent_state(agent: str, new_state: str, state: str | None) -> None:
     """Put AGENT in maintenance (it takes no new work) or make it available again."""
     try:
-        set_agent_state(_state_dir(state), agent, new_state)
+        set_agent_state(state_dir_of(state), agent, new_state)
     except CounterpointError as exc:
         fail(str(exc))
     out.print(f"agent {esc(agent)}: {new_state}")
@@ -369,7 +369,7 @@ def _gate_command(name: str, approve: bool, summary: str, who: str, why: str) ->
     @state_option
     def decide(gate: str, person: str, comment: str, state: str | None) -> None:
         try:
-            decide_gate(_state_dir(state), gate, person, approve, comment)
+            decide_gate(state_dir_of(state), gate, person, approve, comment)
         except CounterpointError as exc:
             fail(str(exc))
         verdict = "approved" if approve else "rejected"
@@ -399,7 +399,7 @@ _gate_command(
 @state_option
 def logs(task: str, attempt: int | None, state: str | None) -> None:
     """Print TASK's attempts (agent, times, outcome) and the output each produced."""
-    store, record = _open(state)
+    store, record = open_latest(state)
     try:
         rows = store.attempts(record.id, task)
         known = store.tasks(record.id)
@@ -417,7 +417,7 @@ def logs(task: str, attempt: int | None, state: str | None) -> None:
         out.print(f"[bold]attempt {number}[/] on {esc(agent or '-')}: {outcome} ({took})")
         if error:
             out.print(f"  error: {esc(error)}")
-        _print_logs(task_log_dir(_state_dir(state), record.id, task), number)
+        _print_logs(task_log_dir(state_dir_of(state), record.id, task), number)
     if attempt is not None and all(r[0] != attempt for r in rows):
         fail(f"{task} has no attempt {attempt}")
     result = known[task].result

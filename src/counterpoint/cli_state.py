@@ -11,7 +11,7 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from counterpoint.cli import cli, err, fail, out
-from counterpoint.cli_run import _open, state_option
+from counterpoint.cli_run import open_latest, state_option
 from counterpoint.runtime.state import read_conflicts, read_state
 
 
@@ -32,7 +32,7 @@ def _when(ts: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def state(key: str | None, state: str | None, as_json: bool) -> None:
     """The shared state of the latest run: every key's value, or KEY's versions."""
-    store, record = _open(state)
+    store, record = open_latest(state)
     try:
         versions = read_state(store, record.id)
     finally:
@@ -84,7 +84,7 @@ def state(key: str | None, state: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def conflicts(state: str | None, as_json: bool) -> None:
     """The data conflicts of the latest run and how each was (or is to be) resolved."""
-    store, record = _open(state)
+    store, record = open_latest(state)
     try:
         found = read_conflicts(store, record.id)
     finally:
@@ -142,7 +142,7 @@ def resolve(
             value = json.loads(value_json)
         except ValueError as exc:
             fail(f"--value is not valid JSON ({exc}); quote strings: --value '\"text\"'")
-    store, record = _open(state)
+    store, record = open_latest(state)
     try:
         found = {c["id"]: c for c in read_conflicts(store, record.id)}
         c = found.get(conflict)

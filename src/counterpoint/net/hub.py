@@ -143,7 +143,7 @@ class Hub:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bus = bus
-        self.agents = {name: spec for name, spec in agents.items() if _is_remote(spec)}
+        self.agents = {name: spec for name, spec in agents.items() if spec.remote}
         self.heartbeat_s = heartbeat_s
         self.lost_after = lost_after
         self.max_message_bytes = max_message_bytes
@@ -555,10 +555,6 @@ def tune_gc_for_serving() -> None:
     often. Cyclic garbage is still collected, in larger, rarer batches."""
     gc.freeze()
     gc.set_threshold(*SERVING_GC_THRESHOLD)
-
-
-def _is_remote(spec: AgentSpec) -> bool:
-    return spec.runner is not None and bool(spec.runner.remote)
 
 
 def _message_of(frame: dict[str, Any]) -> Message:

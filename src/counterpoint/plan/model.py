@@ -155,6 +155,11 @@ class AgentSpec(Strict):
     workspace: Literal["none", "tempdir", "worktree"] = "none"
     description: str = ""
 
+    @property
+    def remote(self) -> bool:
+        """A worker that connects over WebSocket (``runner: {remote: true}``)."""
+        return self.runner is not None and bool(self.runner.remote)
+
 
 class ResourceSpec(Strict):
     """A counted resource (``capacity``) or a rate limit (``rate`` per ``per``), not both."""

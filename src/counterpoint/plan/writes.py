@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 
 from counterpoint.errors import Problem, Severity
 from counterpoint.plan.checks import task_paths
@@ -21,8 +22,14 @@ MAX_PAIRS = 20_000
 _WILD = re.compile(r"[*?\[]")
 
 
-def _overlap(a: str, b: str) -> bool:
+def overlap(a: str, b: str) -> bool:
+    """Whether two key patterns (``*`` any run of characters) can name the same key."""
     return a == b or fnmatch.fnmatchcase(a, b) or fnmatch.fnmatchcase(b, a)
+
+
+def matches(key: str, patterns: Iterable[str]) -> bool:
+    """Whether ``key`` is one of ``patterns`` or matches one."""
+    return any(key == p or fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
 def _stem(pattern: str) -> str:
@@ -71,7 +78,7 @@ def parallel_writes(plan: Plan, graph: Graph) -> list[Problem]:
 def _pairs(entries: list[tuple[int, str]], out: set[tuple[int, int, str, str]]) -> None:
     for i, (ta, ka) in enumerate(entries):
         for tb, kb in entries[i + 1 :]:
-            if ta != tb and _overlap(ka, kb):
+            if ta != tb and overlap(ka, kb):
                 a, b = (ta, tb) if ta < tb else (tb, ta)
                 out.add((a, b, ka if a == ta else kb, kb if a == ta else ka))
         if len(out) > MAX_PAIRS:

@@ -36,12 +36,13 @@ from counterpoint.messaging.protocol import (
 )
 from counterpoint.plan.graph import Graph
 from counterpoint.plan.model import OnFailure
+from counterpoint.plan.writes import overlap
 from counterpoint.queueing import ReadyQueue
 from counterpoint.runtime.escalation import Escalator
 from counterpoint.runtime.events import Completion, Observers, RunEvent, TaskState
 from counterpoint.runtime.gates import GateChecker, GateReport
 from counterpoint.runtime.runners import Runners
-from counterpoint.runtime.state import MISSING, Conflict, SharedState, StateError, overlap
+from counterpoint.runtime.state import MISSING, Conflict, SharedState, StateError
 from counterpoint.runtime.steering import Steering
 from counterpoint.store.sqlite import SqliteStore, TaskRecord
 
@@ -481,8 +482,7 @@ class Orchestrator(Steering):
             self._conflict_raised(conflict)
         elif result is not None and result.error is None and not keep:
             for conflict in self.shared.merged(tid, attempt):
-                self._conflict_event("conflict_resolved", conflict)
-                self.escalator.resolve(f"conflict:{conflict.id}", conflict.resolution or {})
+                self._decided(conflict)
         return None if result is None else result.error
 
     async def _execute(self, t: int, ctx: TaskContext) -> None:
@@ -865,19 +865,14 @@ class Orchestrator(Steering):
     def _conflict_raised(self, conflict: Conflict) -> None:
         self._conflict_event("conflict_detected", conflict)
         if conflict.status == "resolved":  # decided now, perhaps after waiting open
-            self._conflict_event("conflict_resolved", conflict)
-            case = self.escalator.case(f"conflict:{conflict.id}")
-            if case is not None and case.status != "resolved":
-                self.escalator.resolve(f"conflict:{conflict.id}", conflict.resolution or {})
-            if self.parked:
-                self._unpark()
-        else:
-            self.escalator.open(
-                f"conflict:{conflict.id}",
-                "conflict",
-                f"tasks {', '.join(conflict.tasks)} wrote different values to {conflict.key!r}",
-                conflict.to_json(),
-            )
+            self._decided(conflict)
+            return
+        self.escalator.open(
+            f"conflict:{conflict.id}",
+            "conflict",
+            f"tasks {', '.join(conflict.tasks)} wrote different values to {conflict.key!r}",
+            conflict.to_json(),
+        )
         self._notify_conflict(conflict)
 
     def _conflict_event(self, kind: str, conflict: Conflict) -> None:
@@ -945,9 +940,7 @@ class Orchestrator(Steering):
         )
 
     def _gate_passed(self, gate_id: str, report: GateReport) -> None:
-        case = self.escalator.case(f"gate:{gate_id}")
-        if case is not None and case.status != "resolved":
-            self.escalator.resolve(f"gate:{gate_id}", {"by": "gate", "status": report.status})
+        self.escalator.resolve(f"gate:{gate_id}", {"by": "gate", "status": report.status})
 
     def _publish_quietly(self, message: Message) -> None:
         with suppress(BusFull):
@@ -1069,11 +1062,13 @@ class Orchestrator(Steering):
         self._decided(conflict)
 
     def _decided(self, conflict: Conflict) -> None:
-        """A person decided ``conflict``: say so, close its case, release its readers."""
+        """``conflict`` is resolved (by its policy, a person or a clean retry): say so,
+        close its case if it had one, release the tasks that waited for it."""
         self._conflict_event("conflict_resolved", conflict)
         self.escalator.resolve(f"conflict:{conflict.id}", conflict.resolution or {})
         self._notify_conflict(conflict)
-        self._unpark()
+        if self.parked:
+            self._unpark()
 
 
 def _writes_of(ctx: TaskContext, result: dict[str, Any]) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def check_runnable(
     plan: Plan, serve: ServeOptions | None = None, state_dir: Path | None = None
 ) -> None:
     """Refuse plans that use what this release does not run yet (clear message, exit 2)."""
-    remote = [n for n, a in plan.agents.items() if a.runner is not None and a.runner.remote]
+    remote = [n for n, a in plan.agents.items() if a.remote]
     if remote and serve is None:
         raise RunRefused(
             f"the plan has remote agents ({', '.join(remote)}): run it with --serve "

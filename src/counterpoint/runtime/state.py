@@ -34,6 +34,7 @@ from counterpoint.errors import CounterpointError
 from counterpoint.plan.graph import Graph
 from counterpoint.plan.model import SharedState as StateSpec
 from counterpoint.plan.model import StatePolicy
+from counterpoint.plan.writes import matches
 from counterpoint.store.sqlite import SqliteStore
 
 SCHEMA = """
@@ -147,15 +148,6 @@ class _Key:
             if v.status == "current":
                 return v
         return None
-
-
-def matches(key: str, patterns: Iterable[str]) -> bool:
-    return any(key == p or fnmatch.fnmatchcase(key, p) for p in patterns)
-
-
-def overlap(a: str, b: str) -> bool:
-    """Whether two key patterns can name the same key."""
-    return a == b or fnmatch.fnmatchcase(a, b) or fnmatch.fnmatchcase(b, a)
 
 
 Reducer = Callable[[str, Any, Any], Any]
@@ -308,10 +300,7 @@ class SharedState:
         ordered_after: Callable[[int, int], bool] | None,
     ) -> Version | None:
         """The committed version ``t``'s write conflicts with, if any."""
-        open_conflict = next(
-            (c for c in self.conflicts.values() if c.status == "open" and c.key == key), None
-        )
-        if open_conflict is not None:
+        if self._open_on(key) is not None:
             return current  # joins the open conflict
         if current is None or current.task is None or current.value == value:
             return None
@@ -323,9 +312,7 @@ class SharedState:
         return current
 
     def _conflict(self, key: str, rival: Version | None, version: Version) -> Conflict:
-        existing = next(
-            (c for c in self.conflicts.values() if c.status == "open" and c.key == key), None
-        )
+        existing = self._open_on(key)
         if existing is not None:
             assert version.task is not None
             existing.tasks.append(version.task)
@@ -347,6 +334,11 @@ class SharedState:
         self._decide(conflict)
         self._save_conflict(conflict)
         return conflict
+
+    def _open_on(self, key: str) -> Conflict | None:
+        return next(
+            (c for c in self.conflicts.values() if c.status == "open" and c.key == key), None
+        )
 
     def policy_for(self, key: str) -> StatePolicy:
         for policy in self.spec.policies:
