@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 DB_NAME = "state.db"
 SCHEMA_VERSION = 1
+OPEN_PATIENCE_S = 30.0  # how long opening a journal waits for another process's lock
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -178,7 +179,7 @@ class SqliteStore:
                 f"cannot open the state directory {self.state_dir}: {exc}"
             ) from None
         try:
-            self._prepare(conn, sync)
+            self._prepare_patiently(conn, sync)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StateDirError(
@@ -186,6 +187,27 @@ class SqliteStore:
                 "truncated. Move it aside to start afresh."
             ) from None
         return conn
+
+    def _prepare_patiently(self, conn: sqlite3.Connection, sync: str) -> None:
+        """:meth:`_prepare`, tried again while another process holds a lock.
+
+        SQLite answers "database is locked" at once, without waiting in the busy
+        handler, when two connections open a new journal together (one switches it to
+        WAL or creates the tables while the other reads it): waiting a little and trying
+        again is all it takes.
+        """
+        deadline = time.monotonic() + OPEN_PATIENCE_S
+        delay = 0.005
+        while True:
+            try:
+                self._prepare(conn, sync)
+                return
+            except sqlite3.OperationalError as exc:
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     def _prepare(self, conn: sqlite3.Connection, sync: str) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
