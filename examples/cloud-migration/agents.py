@@ -10,6 +10,7 @@ repeatable, so the example doubles as a demo and a test fixture.
 from __future__ import annotations
 
 import asyncio
+import math
 import zlib
 from typing import Any
 
@@ -17,6 +18,8 @@ from counterpoint.agents import TaskContext
 from counterpoint.plan.model import Task
 
 Result = dict[str, Any]
+
+STATUS_EVERY_S = 3600.0  # plan seconds between two status updates
 
 #: A plausible value for every shared-state key the plan writes.
 _STATE: dict[str, object] = {
@@ -104,10 +107,13 @@ def _figure(task: Task, low: int, high: int) -> int:
 
 async def _simulate(task: Task, ctx: TaskContext, verb: str, findings: dict[str, object]) -> Result:
     """Work for the task's (scaled) estimate, reporting progress, then return ``findings``."""
-    steps = 4
+    # A status update at least every hour of plan time: the plan's status_every (the
+    # seed's 2 h) calls a task silent for longer stalled.
+    planned_s = ctx.estimate_s / ctx.time_scale if ctx.time_scale else ctx.estimate_s
+    steps = max(4, math.ceil(planned_s / STATUS_EVERY_S))
     for step in range(1, steps + 1):
         await asyncio.sleep(min(ctx.estimate_s, 8.0) / steps)
-        ctx.progress(100 * step / steps, f"{verb.lower()} step {step} of {steps}")
+        ctx.progress(round(100 * step / steps, 1), f"{verb.lower()} step {step} of {steps}")
     result: Result = {"summary": f"{verb} {task.title}", "findings": findings}
     if task.writes:
         result["writes"] = {key: _value(task, key) for key in task.writes}

@@ -221,6 +221,7 @@ def schema(output: str | None, messages: bool) -> None:
 def main() -> None:
     from counterpoint import (  # noqa: F401 - register their commands
         cli_gates,
+        cli_monitor,
         cli_net,
         cli_report,
         cli_run,

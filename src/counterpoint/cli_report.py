@@ -13,7 +13,7 @@ from counterpoint.cli_run import open_latest, state_option
 from counterpoint.report import FORMATS, ReportError, build_report, format_for, parse_time, render
 
 
-def _time(option: str, text: str | None) -> float | None:
+def time_option(option: str, text: str | None) -> float | None:
     if text is None:
         return None
     try:
@@ -37,7 +37,7 @@ def report(
     state: str | None, fmt: str | None, since: str | None, until: str | None, output: str | None
 ) -> None:
     """Report on the latest run: KPIs, phases, planned and actual Gantt, conflicts, gates."""
-    start, end = _time("--since", since), _time("--until", until)
+    start, end = time_option("--since", since), time_option("--until", until)
     if start is not None and end is not None and start > end:
         fail(f"--since {since} is after --until {until}")
     store, record = open_latest(state)

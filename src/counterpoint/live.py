@@ -22,6 +22,7 @@ from counterpoint.plan.graph import Graph
 from counterpoint.runtime.events import RunEvent, RunObserver
 
 _DONE = {"task_completed", "task_failed", "task_blocked"}
+_ALERT_STYLE = {"critical": "bold red", "warning": "red", "info": "cyan"}
 _AGENT_NOTES = {
     "hub_listening": "serving remote agents at {url}",
     "waiting_for_agents": "waiting for remote agents to connect to {url}: {agents}",
@@ -65,6 +66,7 @@ class LiveDisplay(RunObserver):
         )
         self.bar_ids: list[TaskID] = []
         self.notes: list[str] = []
+        self.alerts: dict[int, tuple[str, str]] = {}  # firing: id -> (severity, text)
         self.started = False
         self.live = Live(console=console, refresh_per_second=4, get_renderable=self.render)
 
@@ -113,6 +115,11 @@ class LiveDisplay(RunObserver):
         elif kind == "task_requeued" and task:
             self.running.pop(task, None)
             self.notes.append(f"{task} goes back to the queue: {data.get('reason', '')}")
+        elif kind == "alert_fired":
+            text = f"{data.get('name')} ({data.get('subject')}): {data.get('message')}"
+            self.alerts[int(data.get("alert_id", 0))] = (str(data.get("severity", "")), text)
+        elif kind == "alert_resolved":
+            self.alerts.pop(int(data.get("alert_id", 0)), None)
         elif kind in _AGENT_NOTES:
             fields = _Missing({k: _text(v) for k, v in data.items()})
             self.notes.append(_AGENT_NOTES[kind].format_map(fields))
@@ -139,6 +146,10 @@ class LiveDisplay(RunObserver):
             f"done {c['completed']}  failed {c['failed']}  blocked {c['blocked']}  "
             f"retries {c['retrying']}"
         )
+        if self.alerts:
+            text.append(f"\nalerts firing: {len(self.alerts)}", style="bold red")
+            for severity, line in list(self.alerts.values())[-3:]:
+                text.append(f"\n  {severity}: {line}", style=_ALERT_STYLE.get(severity, ""))
         for note in self.notes[-3:]:
             text.append(f"\n{note}", style="yellow")
         return text

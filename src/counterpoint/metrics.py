@@ -8,11 +8,12 @@ with ``counterpoint_``; ``docs/metrics.md`` lists them.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from counterpoint.plan.graph import Graph
@@ -29,7 +30,7 @@ class _Live(Collector):
     def __init__(self, sample: Sampler) -> None:
         self.sample = sample
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = self.sample()
         tasks = GaugeMetricFamily(
             "counterpoint_tasks", "Tasks of the run per state", labels=["state"]
@@ -45,7 +46,33 @@ class _Live(Collector):
         for agent, state in sorted(now.get("agents", {}).items()):
             agents.add_metric([agent, state], 1)
         yield agents
+        alerts = GaugeMetricFamily(
+            "counterpoint_alerts_firing", "Alerts firing now, by severity", labels=["severity"]
+        )
+        severities = Tally(str(a.get("severity", "")) for a in now.get("alerts", []))
+        for severity in ("critical", "warning", "info"):
+            alerts.add_metric([severity], severities.get(severity, 0))
+        yield alerts
+        messages = CounterMetricFamily(
+            "counterpoint_messages", "Messages sent on the run's bus, by type", labels=["type"]
+        )
+        for kind, n in sorted(now.get("messages", {}).items()):
+            messages.add_metric([kind], n)
+        yield messages
+        held = GaugeMetricFamily(
+            "counterpoint_resource_in_use",
+            "Units of each counted resource held now",
+            labels=["resource"],
+        )
+        for name, units in sorted(now.get("resources", {}).items()):
+            held.add_metric([name], units)
+        yield held
         for name, key, text in (
+            (
+                "counterpoint_queue_oldest_wait_seconds",
+                "queue_oldest_wait_s",
+                "How long the oldest ready task has waited",
+            ),
             ("counterpoint_queue_depth", "queue", "Ready tasks waiting for an agent or resources"),
             ("counterpoint_tasks_waiting", "waiting", "Ready tasks held back by the shared state"),
             ("counterpoint_tasks_running", "running", "Attempts running now"),

@@ -20,11 +20,12 @@ Entry = tuple[float, int, int]  # (-remaining path, sequence, task)
 
 
 class _Group:
-    __slots__ = ("heaps", "since")
+    __slots__ = ("heaps", "held", "since")
 
     def __init__(self) -> None:
         self.heaps: list[list[Entry]] = [[] for _ in range(CLASSES)]
         self.since: dict[int, float] = {}
+        self.held = -math.inf  # when the group's best task last could not start
 
     def best(self, now: float, aging_s: float) -> tuple[tuple[float, int, float, int], int] | None:
         """The group's next task with its sort key, or None when the group is empty."""
@@ -82,16 +83,36 @@ class ReadyQueue:
                 if nxt is not None:
                     heapq.heappush(ranked, (nxt[0], n, group))
 
-    def take(self, group: Hashable, task: int, now: float) -> None:
-        """Remove ``task`` (the group's current best) from the queue."""
+    def take(self, group: Hashable, task: int, now: float) -> tuple[float, bool]:
+        """Remove ``task`` (the group's current best) from the queue.
+
+        Returns how long it waited, and whether it started at its first chance (its
+        group was never held back, see :meth:`hold`, since the task became ready).
+        """
         g = self.groups[group]
         best = g.best(now, self.aging_s)
         assert best is not None and g.heaps[best[1]][0][2] == task
         heapq.heappop(g.heaps[best[1]])
-        del g.since[task]
+        since = g.since.pop(task)
         self.size -= 1
         if not any(g.heaps):
             del self.groups[group]
+        return now - since, g.held < since
+
+    def hold(self, group: Hashable, now: float) -> None:
+        """The group's best task could not start (no agent, resources, a global cap)."""
+        g = self.groups.get(group)
+        if g is not None:
+            g.held = now
+
+    def hold_all(self, now: float) -> None:
+        for g in self.groups.values():
+            g.held = now
+
+    def oldest_wait(self, now: float) -> float:
+        """How long the task that has been ready longest has waited (0 when empty)."""
+        oldest = min((min(g.since.values()) for g in self.groups.values() if g.since), default=now)
+        return max(0.0, now - oldest)
 
     def __len__(self) -> int:
         return self.size

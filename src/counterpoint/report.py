@@ -25,13 +25,15 @@ from counterpoint.gantt import GanttBar, GanttChart, gantt_svg
 from counterpoint.plan.graph import Graph
 from counterpoint.plan.model import Plan
 from counterpoint.plan.schedule import Schedule, schedule
+from counterpoint.runtime.alerts import read_alerts
 from counterpoint.runtime.escalation import SCHEMA as ESCALATION_SCHEMA
+from counterpoint.runtime.sampling import read_samples, summary
 from counterpoint.runtime.state import read_conflicts
 from counterpoint.store.sqlite import RunRecord, SqliteStore, TaskRecord
 
 FORMATS = ("md", "html", "json")
 SUFFIXES = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html", ".json": "json"}
-NO_ROLLBACKS = "no rollbacks"
+NO_ROLLBACKS = "no rollbacks were asked for"
 NO_ALERTS = "no alerts were recorded"
 
 
@@ -132,6 +134,54 @@ def _events(
     return [
         {"ts": r[0], **(json.loads(r[1]) if r[1] else {})} for r in rows if _in(r[0], since, until)
     ]
+
+
+def _overlaps(start: float, end: float | None, since: float | None, until: float | None) -> bool:
+    """The span ``start`` to ``end`` (None: still going) meets the report's window."""
+    return (until is None or start <= until) and (since is None or end is None or end >= since)
+
+
+#: The metrics the report sums up (all of them are in ``counterpoint metrics``).
+REPORT_METRICS = (
+    "tasks.running",
+    "queue.depth",
+    "queue.wait_s",
+    "dispatch.latency_ms",
+    "agents.utilization",
+    "resources.waiting",
+    "tasks.waiting",
+    "conflicts.open",
+    "escalations.open",
+    "alerts.firing",
+    "messages.total",
+)
+
+
+def _metric_summary(
+    store: SqliteStore, run_id: int, since: float | None, until: float | None
+) -> dict[str, Any]:
+    samples = read_samples(store, run_id, since, until)
+    return {"samples": len(samples), "summary": summary(samples, REPORT_METRICS)}
+
+
+def _rollbacks(
+    store: SqliteStore, run_id: int, since: float | None, until: float | None
+) -> list[dict[str, Any]]:
+    """Rollbacks the run asked for. This version runs no compensations: a task whose
+    ``on_failure`` asks for a rollback is blocked instead, and shown as not supported."""
+    rows = store.query(
+        "SELECT ts, task, data FROM events WHERE run_id = ? AND kind = 'rollback_not_supported' "
+        "ORDER BY seq",
+        (run_id,),
+    )
+    found = []
+    for ts, task, data in rows:
+        if _in(ts, since, until):
+            fields = json.loads(data) if data else {}
+            found.append(
+                {"ts": ts, "task": task, "policy": fields.get("policy"), "status": "not supported"}
+            )
+    return found
 
 
 def _escalations(
@@ -241,10 +291,13 @@ def build_report(
         "conflicts": conflicts,
         "escalations": _escalations(store, record.id, since, until),
         "gates": _events(store, record.id, "gate_evaluated", since, until),
-        "alerts": [],
-        "alerts_note": NO_ALERTS,
-        "rollbacks": [],
-        "rollbacks_note": NO_ROLLBACKS,
+        "alerts": [
+            a.to_json()
+            for a in read_alerts(store, record.id)
+            if _overlaps(a.fired, a.resolved, since, until)
+        ],
+        "metrics": _metric_summary(store, record.id, since, until),
+        "rollbacks": _rollbacks(store, record.id, since, until),
     }
     return Report(
         data=data,
@@ -485,7 +538,7 @@ def _sections(report: Report) -> list[tuple[str, list[Table], str]]:
             f"{_dur(k['conflict_resolution_time_s'])}"
             f" / {_dur(k['conflict_resolution_time_p95_s'])}",
         ],
-        ["rollback success rate", f"n/a ({NO_ROLLBACKS})"],
+        ["rollback success rate", "n/a (no rollback ran)"],
         ["planned makespan", f"{_dur(m['planned_scaled_s'])} (plan time {_dur(m['planned_s'])})"],
         ["actual makespan", _dur(m["actual_s"])],
     ]
@@ -547,6 +600,28 @@ def _sections(report: Report) -> list[tuple[str, list[Table], str]]:
         ]
         for g in d["gates"]
     ]
+    alert_rows = [
+        [
+            str(a["id"]),
+            a["severity"],
+            a["name"] + ("" if a["kind"] == "rule" else " (built-in)"),
+            a["subject"],
+            a["message"],
+            _when(a["fired"]),
+            "firing"
+            if a["resolved"] is None
+            else f"resolved after {_dur(a['resolved'] - a['fired'])}: {a['resolution']}",
+        ]
+        for a in d["alerts"]
+    ]
+    metric_rows = [
+        [name, *(f"{s[k]:g}" for k in ("last", "min", "max", "mean"))]
+        for name, s in d["metrics"]["summary"].items()
+        if s is not None
+    ]
+    rollback_rows = [
+        [_when(r["ts"]), str(r["task"]), str(r["policy"]), r["status"]] for r in d["rollbacks"]
+    ]
     return [
         ("KPIs", [(["KPI", "value"], kpi_rows)], ""),
         (
@@ -576,8 +651,17 @@ def _sections(report: Report) -> list[tuple[str, list[Table], str]]:
             "no escalations",
         ),
         ("Gate reports", [(["time", "gate", "status", "conditions"], gate_rows)], "no gates"),
-        ("Alerts", [], NO_ALERTS),
-        ("Rollbacks", [], NO_ROLLBACKS),
+        (
+            "Alerts",
+            [(["id", "severity", "alert", "subject", "message", "fired", "status"], alert_rows)],
+            NO_ALERTS,
+        ),
+        (
+            "Metrics",
+            [(["metric", "last", "min", "max", "mean"], metric_rows)],
+            "no metric samples",
+        ),
+        ("Rollbacks", [(["time", "task", "on_failure", "status"], rollback_rows)], NO_ROLLBACKS),
     ]
 
 

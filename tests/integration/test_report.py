@@ -21,21 +21,22 @@ def report_json(ws: Workspace, *extra: str) -> dict[str, Any]:
 def failing_run(tmp_path: Path) -> Workspace:
     """Four tasks on two agents: one fails (so one is blocked), one reports usage, one is late."""
     ws = Workspace.create(tmp_path)
-    ws.write_plan(
-        one_phase(
-            [
-                task(
-                    "a", sleep=0.05, estimate="10s", inputs={"usage": {"tokens": 30, "cost": 0.5}}
-                ),
-                task("b", sleep=0.05, estimate="10s", inputs={"usage": {"tokens": 12}}),
-                task("late", sleep=0.4, estimate="1s"),
-                task("bad", estimate="10s", inputs={"fail": True}),
-                task("after", needs=["bad"]),
-            ],
-            agents={"w": agent_spec(ws, capacity=2)},
-            resources={"db": {"capacity": 2}},
-        )
+    spec = one_phase(
+        [
+            task("a", sleep=0.05, estimate="10s", inputs={"usage": {"tokens": 30, "cost": 0.5}}),
+            task("b", sleep=0.05, estimate="10s", inputs={"usage": {"tokens": 12}}),
+            task("late", sleep=0.4, estimate="1s"),
+            {**task("bad", estimate="10s", inputs={"fail": True}), "on_failure": "rollback_phase"},
+            task("after", needs=["bad"]),
+        ],
+        agents={"w": agent_spec(ws, capacity=2)},
+        resources={"db": {"capacity": 2}},
     )
+    spec["alerts"] = [
+        {"name": "failures", "metric": "tasks.failed", "op": ">", "threshold": 0},
+        {"name": "crowded", "metric": "tasks.total", "op": ">", "threshold": 100},
+    ]
+    ws.write_plan(spec)
     plan = ws.plan.read_text().replace("id: late\n", "id: late\n      resources:\n        db: 1\n")
     ws.plan.write_text(plan)
     code, _ = run_in_process(ws, time_scale=0.1)
@@ -61,7 +62,12 @@ def test_json_kpis_of_a_run_with_a_failure_and_usage(tmp_path: Path) -> None:
     assert 0 < k["resource_utilization"] <= 1
     assert k["conflict_resolution_time_s"] is None
     assert k["rollback_success_rate"] is None
-    assert data["rollbacks_note"] == "no rollbacks"
+    (rollback,) = data["rollbacks"]  # asked for by bad's on_failure; not run by this version
+    assert (rollback["task"], rollback["policy"], rollback["status"]) == (
+        "bad",
+        "rollback_phase",
+        "not supported",
+    )
     assert data["usage"]["by_agent"] == {"w": {"tokens": 42, "cost": 0.5}}
     assert data["usage"]["by_phase"] == {"p1": {"tokens": 42, "cost": 0.5}}
     assert data["utilization"]["agents"]["w"]["capacity"] == 2
@@ -73,7 +79,16 @@ def test_json_kpis_of_a_run_with_a_failure_and_usage(tmp_path: Path) -> None:
     assert data["makespan"]["planned_scaled_s"] == round(data["makespan"]["planned_s"] * 0.1, 6)
     (phase,) = data["phases"]
     assert phase["states"] == {"blocked": 1, "completed": 3, "failed": 1}
-    assert data["conflicts"] == [] and data["alerts"] == []
+    assert data["conflicts"] == []
+    (alert,) = data["alerts"]  # the failure fired its rule; "crowded" never held
+    assert (alert["name"], alert["kind"], alert["status"], alert["value"]) == (
+        "failures",
+        "rule",
+        "firing",
+        1,
+    )
+    assert data["metrics"]["samples"] >= 1
+    assert data["metrics"]["summary"]["alerts.firing"]["last"] == 1
     (case,) = data["escalations"]  # the failure of bad blocks after: escalated
     assert (case["subject"], case["kind"]) == ("dependency:bad", "dependency")
 
@@ -84,7 +99,10 @@ def test_markdown_html_and_output_files(tmp_path: Path) -> None:
     assert md.code == 0, str(md)
     assert "## Phases" in md.stdout
     assert re.search(r"^\| p1 \| 5 \| blocked 1, completed 3, failed 1 \|", md.stdout, re.M)
-    assert "no rollbacks" in md.stdout and "no alerts were recorded" in md.stdout
+    assert re.search(r"^\| [^|]+ \| bad \| rollback_phase \| not supported \|$", md.stdout, re.M)
+    assert re.search(
+        r"^\| 1 \| warning \| failures \| run \| tasks.failed > 0 \(now 1\)", md.stdout, re.M
+    )
 
     page = tmp_path / "report.html"
     result = cli("report", "--state", ws.state, "-o", page)

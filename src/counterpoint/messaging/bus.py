@@ -115,6 +115,7 @@ class Bus:
         self._seen: OrderedDict[uuid.UUID, None] = OrderedDict()
         self._pending: dict[uuid.UUID, _Pending] = {}
         self._last_status: dict[str, tuple[str, float]] = {}  # task -> (sender, time)
+        self._late: list[tuple[str, str | None, float]] = []  # overdue requests answered
 
     def subscribe(self, name: str, groups: Iterable[str] = ()) -> Mailbox:
         box = self.mailboxes.get(name)
@@ -152,6 +153,9 @@ class Bus:
             pending = self._pending.pop(content.request_id)
             if not pending.answer.done():
                 pending.answer.set_result(message)
+            if pending.reported:
+                late = self.clock() - pending.deadline
+                self._late.append((str(content.request_id), pending.request.content.task_id, late))
         if message.type is MessageType.STATUS_UPDATE and content.task_id:
             self._last_status[content.task_id] = (message.sender, self.clock())
 
@@ -198,6 +202,12 @@ class Bus:
             if not pending.reported and now >= pending.deadline:
                 pending.reported = True
                 found.append(_notice("response_overdue", pending.request, now - pending.deadline))
+        return found
+
+    def answered_late(self) -> list[tuple[str, str | None, float]]:
+        """Requests reported overdue that got their answer since the last call:
+        ``(request id, task id, seconds past the SLA)``."""
+        found, self._late = self._late, []
         return found
 
     def started(self, task: str, agent: str) -> None:

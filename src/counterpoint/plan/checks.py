@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from counterpoint.errors import Path, Problem, Severity
+from counterpoint.plan.alert_metrics import RUN_METRICS, alert_metrics
 from counterpoint.plan.model import (
     GATE_METRICS,
     ApprovalCondition,
@@ -161,8 +162,28 @@ def _resources(plan: Plan) -> Iterator[Problem]:
 
 def _alerts(plan: Plan) -> Iterator[Problem]:
     seen: dict[str, Path] = {}
+    known: list[str] | None = None
+    ladder = plan.escalation.ladder()
+    contacts = {*plan.escalation.contacts, *(c for level in ladder for c in level.contacts)}
     for i, rule in enumerate(plan.alerts):
         yield from _once(seen, "alert", rule.name, ("alerts", i, "name"), key="name")
+        known = known or alert_metrics(plan)
+        if rule.metric not in known:
+            yield Problem(
+                f"unknown metric {rule.metric!r} (run-wide metrics: {', '.join(RUN_METRICS)}; "
+                "per agent, resource and phase: agent.ID.*, resources.ID.*, phase.ID.*; "
+                "see docs/metrics.md)",
+                ("alerts", i, "metric"),
+                hint=did_you_mean(rule.metric, known),
+            )
+        for ci, contact in enumerate(rule.notify):
+            if contact not in contacts:
+                yield Problem(
+                    f"unknown contact {contact!r}: contacts are those of the escalation "
+                    f"section ({', '.join(sorted(contacts))})",
+                    ("alerts", i, "notify", ci),
+                    hint=did_you_mean(contact, contacts),
+                )
 
 
 def _gates(plan: Plan) -> Iterator[Problem]:

@@ -109,6 +109,9 @@ class Settings(Strict):
     #: Tasks that could run at the same time and declare overlapping ``writes`` never do:
     #: the run holds a lock per written key while such a task runs.
     serialize_conflicting_writes: bool = False
+    #: How often the run samples its metrics into the journal and checks alert rules
+    #: (real seconds, never time-scaled).
+    metrics_every: Duration = Field(default=5.0, gt=0)
     #: The git repository that ``workspace: worktree`` agents work in (relative to the
     #: plan's folder; default: the repository holding the plan file).
     repository: str | None = None
@@ -353,6 +356,8 @@ class AlertRule(Strict):
     threshold: float
     for_: Duration = Field(default=0.0, alias="for")
     severity: Literal["critical", "warning", "info"] = "warning"
+    #: Escalation contacts told when the alert fires and when it resolves.
+    notify: list[Id] = Field(default_factory=list)
 
 
 class Task(Strict):

@@ -608,6 +608,19 @@ class Escalator:
             for notifier in self.spec.contact(contact).notify:
                 self._send(notice, notifier)
 
+    def tell(self, contacts: list[str], *, event: str, subject: str, body: dict[str, Any]) -> None:
+        """Send ``body`` to ``contacts`` through their notifiers, outside any case.
+
+        Alerts use it: a firing alert that names contacts tells them, and tells them
+        again when it resolves. ``body["text"]`` is the line a ``log`` notifier writes.
+        The same retries, events (``escalation_notice``, ``escalation_notified``,
+        ``notify_failed``, with ``case_id`` 0 and ``trigger`` = ``event``) apply.
+        """
+        for contact in contacts:
+            notice = _Notice(event, 0, subject, -1, "", contact, {**body, "contact": contact})
+            for notifier in self.spec.contact(contact).notify:
+                self._send(notice, notifier)
+
     def _send(self, notice: _Notice, notifier: Notifier) -> None:
         if notifier.log:
             self._log_notice(notice)

@@ -38,10 +38,12 @@ from counterpoint.plan.graph import Graph
 from counterpoint.plan.model import OnFailure
 from counterpoint.plan.writes import overlap
 from counterpoint.queueing import ReadyQueue
+from counterpoint.runtime.alerts import AlertMonitor
 from counterpoint.runtime.escalation import Escalator
 from counterpoint.runtime.events import Completion, Observers, RunEvent, TaskState
 from counterpoint.runtime.gates import GateChecker, GateReport
 from counterpoint.runtime.runners import Runners
+from counterpoint.runtime.sampling import MetricSampler
 from counterpoint.runtime.state import MISSING, Conflict, SharedState, StateError
 from counterpoint.runtime.steering import Steering
 from counterpoint.store.sqlite import SqliteStore, TaskRecord
@@ -143,6 +145,17 @@ class Orchestrator(Steering):
             cwd=self.plan_dir,
             publish=self._publish_quietly,
         )
+        self.sampler = MetricSampler(store, run_id, self.plan.settings.metrics_every)
+        self.alerts = AlertMonitor(
+            self.plan,
+            store,
+            run_id,
+            emit=self.emit,
+            publish=self._publish_quietly,
+            escalator=self.escalator,
+            time_scale=options.time_scale,
+        )
+        self.observers.observers[:0] = [self.sampler, self.alerts]
         self.hub_url: str | None = None
         self._waiting_noted = -math.inf
         for name in runners.remote_agents:  # until they connect
@@ -165,6 +178,7 @@ class Orchestrator(Steering):
                 self._tick_escalations()
                 self._fire_timers()
                 self._dispatch()
+                self._sample_metrics()
                 if self._finished():
                     break
                 self._note_waiting()
@@ -172,9 +186,19 @@ class Orchestrator(Steering):
         finally:
             await self._stop_everything()
             self._drain()
+            self._sample_metrics(final=True)
             await self.escalator.drain(DRAIN_NOTIFICATIONS_S)
             self.store.flush()
         return self._conclude()
+
+    def _sample_metrics(self, final: bool = False) -> None:
+        """Journal a sample of the metrics when one is due, and check the alert rules."""
+        now = time.monotonic()
+        if final or self.sampler.due(now):
+            values = self.sampler.sample(self, now)
+            self.alerts.observe(values)
+            values["alerts.firing"] = float(len(self.alerts.active))
+            self.sampler.record(values)
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Stop dispatching, cancel running tasks, and end the run (exit code 3)."""
@@ -226,6 +250,14 @@ class Orchestrator(Steering):
             "running": len(self.running),
             "conflicts_open": len(self.shared.open_conflicts()),
             "escalations_open": sum(1 for c in self.escalator.cases() if c.status == "open"),
+            "queue_oldest_wait_s": self.queue.oldest_wait(time.monotonic()),
+            "alerts": self.alerts.firing(),
+            "messages": {
+                k.removeprefix("messages."): v
+                for k, v in self.sampler.counts.items()
+                if k.startswith("messages.") and k != "messages.total"
+            },
+            "resources": self.resources.in_use(),
         }
 
     def emit(self, kind: str, task: int | None = None, **data: Any) -> None:
@@ -238,6 +270,9 @@ class Orchestrator(Steering):
     def _restore(self, previous: dict[str, TaskRecord]) -> None:
         self.shared.restore()
         self.escalator.restore()
+        if previous:
+            self.sampler.restore()
+        self.alerts.restore()
         for name, state in self.store.agent_states(self.run_id).items():
             self._set_agent_state(name, state, journal=False)
         failed: list[int] = []
@@ -295,7 +330,7 @@ class Orchestrator(Steering):
 
     async def _sleep(self) -> None:
         now = time.monotonic()
-        deadline = self._next_poll
+        deadline = min(self._next_poll, self.sampler.next_due)
         if self.timers:
             deadline = min(deadline, self.timers[0][0])
         escalation = self.escalator.next_deadline()
@@ -351,6 +386,7 @@ class Orchestrator(Steering):
         now = time.monotonic()
         for demand, t in self.queue.candidates(now):
             if cap is not None and len(self.running) >= cap:
+                self.queue.hold_all(now)
                 return
             assert isinstance(demand, Demand)
             ready = self.resources.ready_at(demand, now)
@@ -358,15 +394,18 @@ class Orchestrator(Steering):
                 if ready != math.inf:
                     self._timer(ready)
                 self._note_contention(t, demand, now)
+                self.queue.hold(demand, now)
                 continue
             if self._parks(demand, t, now):
                 continue
             agent = self.agents.pick(demand.pool) if demand.pool >= 0 else None
             if demand.pool >= 0 and agent is None:
+                self.queue.hold(demand, now)
                 if not self._can_ever_run(demand.pool):
                     self._park_unrunnable(demand, t, now)
                 continue
-            self.queue.take(demand, t, now)
+            waited, first_chance = self.queue.take(demand, t, now)
+            self.sampler.dispatched(waited, first_chance)
             self._start(t, agent, demand, now)
 
     def _start(self, t: int, agent: int | None, demand: Demand, now: float) -> None:
@@ -751,6 +790,7 @@ class Orchestrator(Steering):
 
     def _journal_message(self, message: Message) -> None:
         self.store.message(self.run_id, message)
+        self.sampler.message(message.type.value)
 
     def _check_messages(self) -> None:
         """Raise overdue-response and stalled-task notifications (journaled, observed)."""
@@ -762,6 +802,9 @@ class Orchestrator(Steering):
             tid = content.task_id
             t = self.g.index.get(tid) if tid else None
             self.emit(content.event_type or "notification", t, **(content.data or {}))
+        for request_id, tid, late_s in self.bus.answered_late():
+            t = self.g.index.get(tid) if tid else None
+            self.emit("response_received", t, request_id=request_id, late_s=round(late_s, 3))
 
     def _on_progress(self, task_id: str, percent: float, message: str) -> None:
         t = self.g.index[task_id]
