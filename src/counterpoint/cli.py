@@ -224,8 +224,10 @@ def main() -> None:
         cli_monitor,
         cli_net,
         cli_report,
+        cli_rollback,
         cli_run,
         cli_state,
+        cli_undo,
     )
 
     try:

@@ -1,4 +1,4 @@
-"""Commands about gates: gates.
+"""Commands about gates: gates, recheck.
 
 ``counterpoint gates`` lists every gate of the latest run's plan with the report of its
 latest evaluation, read from the journal (``gate_evaluated`` events), so it works from any
@@ -14,10 +14,11 @@ import click
 from rich.markup import escape as esc
 from rich.table import Table
 
-from counterpoint.cli import cli, out
+from counterpoint.cli import cli, fail, out
 from counterpoint.cli_run import open_latest, state_dir_of, state_option
+from counterpoint.errors import CounterpointError
 from counterpoint.runtime.gates import DeclaredGate, declared_gates
-from counterpoint.runtime.session import lock_holder
+from counterpoint.runtime.session import lock_holder, recheck_gate
 
 NOT_EVALUATED = "not_evaluated"
 _STYLE = {
@@ -54,6 +55,18 @@ def gates(state: str | None, as_json: bool) -> None:
         out.print_json(data=report)
         return
     _print_gates(report)
+
+
+@cli.command()
+@click.argument("gate")
+@state_option
+def recheck(gate: str, state: str | None) -> None:
+    """Check GATE again now, in the running run (a gate held by its recheck option)."""
+    try:
+        run_id = recheck_gate(state_dir_of(state), gate, by="counterpoint recheck")
+    except CounterpointError as exc:
+        fail(str(exc))
+    out.print(f"{esc(gate)}: recheck requested in run {run_id}")
 
 
 def gate_reports(plan: dict[str, Any], evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -166,7 +166,9 @@ class GraphKeeper(RunObserver):
 
 def summary_table(counts: dict[str, Any], per_phase: list[tuple[str, dict[str, int]]]) -> Table:
     table = Table(title="Run summary")
-    states = ("completed", "failed", "blocked", "cancelled", "pending")
+    states = ["completed", "failed", "blocked", "cancelled", "pending"]
+    if counts.get("rolled_back"):
+        states.insert(3, "rolled_back")
     table.add_column("phase")
     for s in states:
         table.add_column(s, justify="right")

@@ -25,7 +25,9 @@ from counterpoint.gantt import GanttBar, GanttChart, gantt_svg
 from counterpoint.plan.graph import Graph
 from counterpoint.plan.model import Plan
 from counterpoint.plan.schedule import Schedule, schedule
+from counterpoint.rollback import rollback_outcomes
 from counterpoint.runtime.alerts import read_alerts
+from counterpoint.runtime.compensation import compensation_outcomes, read_rollbacks
 from counterpoint.runtime.escalation import SCHEMA as ESCALATION_SCHEMA
 from counterpoint.runtime.sampling import read_samples, summary
 from counterpoint.runtime.state import read_conflicts
@@ -33,7 +35,7 @@ from counterpoint.store.sqlite import RunRecord, SqliteStore, TaskRecord
 
 FORMATS = ("md", "html", "json")
 SUFFIXES = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html", ".json": "json"}
-NO_ROLLBACKS = "no rollbacks were asked for"
+NO_ROLLBACKS = "no rollbacks"
 NO_ALERTS = "no alerts were recorded"
 
 
@@ -167,21 +169,19 @@ def _metric_summary(
 def _rollbacks(
     store: SqliteStore, run_id: int, since: float | None, until: float | None
 ) -> list[dict[str, Any]]:
-    """Rollbacks the run asked for. This version runs no compensations: a task whose
-    ``on_failure`` asks for a rollback is blocked instead, and shown as not supported."""
-    rows = store.query(
-        "SELECT ts, task, data FROM events WHERE run_id = ? AND kind = 'rollback_not_supported' "
-        "ORDER BY seq",
-        (run_id,),
-    )
-    found = []
-    for ts, task, data in rows:
-        if _in(ts, since, until):
-            fields = json.loads(data) if data else {}
-            found.append(
-                {"ts": ts, "task": task, "policy": fields.get("policy"), "status": "not supported"}
-            )
-    return found
+    """The run's rollbacks (compensations of its tasks) that overlap the window."""
+    return [
+        rb
+        for rb in read_rollbacks(store, run_id)
+        if _overlaps(rb["started"], rb["finished"], since, until)
+    ]
+
+
+def _rollback_rate(rollbacks: list[dict[str, Any]], others: list[dict[str, Any]]) -> float | None:
+    """Rollbacks that did what they had to, over all that ended: the run's compensations,
+    and the configuration and deployment rollbacks of its state directory."""
+    outcomes = compensation_outcomes(rollbacks) + [bool(o["ok"]) for o in others]
+    return _rate(sum(outcomes), len(outcomes))
 
 
 def _escalations(
@@ -258,6 +258,11 @@ def build_report(
     except CounterpointError:
         planned = None
 
+    rollbacks = _rollbacks(store, record.id, since, until)
+    other_rollbacks = [
+        o for o in rollback_outcomes(store) if _overlaps(o["started"], o["finished"], since, until)
+    ]
+
     # -- conflicts ------------------------------------------------------------------------
     conflicts = [c for c in read_conflicts(store, record.id) if _in(c["detected"], since, until)]
     times = [float(c["resolution_time_s"]) for c in conflicts if c["resolution_time_s"] is not None]
@@ -277,7 +282,7 @@ def build_report(
             "resource_utilization": _rate(total_busy, total_cap * wall),
             "conflict_resolution_time_s": round(sum(times) / len(times), 6) if times else None,
             "conflict_resolution_time_p95_s": round(_p95(times), 6) if times else None,
-            "rollback_success_rate": None,
+            "rollback_success_rate": _rollback_rate(rollbacks, other_rollbacks),
         },
         "tasks": {"total": graph.n_tasks, "completed": len(completed), "on_time": on_time},
         "makespan": {
@@ -297,7 +302,8 @@ def build_report(
             if _overlaps(a.fired, a.resolved, since, until)
         ],
         "metrics": _metric_summary(store, record.id, since, until),
-        "rollbacks": _rollbacks(store, record.id, since, until),
+        "rollbacks": rollbacks,
+        "other_rollbacks": other_rollbacks,
     }
     return Report(
         data=data,
@@ -538,7 +544,7 @@ def _sections(report: Report) -> list[tuple[str, list[Table], str]]:
             f"{_dur(k['conflict_resolution_time_s'])}"
             f" / {_dur(k['conflict_resolution_time_p95_s'])}",
         ],
-        ["rollback success rate", "n/a (no rollback ran)"],
+        ["rollback success rate", _pct(k["rollback_success_rate"])],
         ["planned makespan", f"{_dur(m['planned_scaled_s'])} (plan time {_dur(m['planned_s'])})"],
         ["actual makespan", _dur(m["actual_s"])],
     ]
@@ -620,7 +626,25 @@ def _sections(report: Report) -> list[tuple[str, list[Table], str]]:
         if s is not None
     ]
     rollback_rows = [
-        [_when(r["ts"]), str(r["task"]), str(r["policy"]), r["status"]] for r in d["rollbacks"]
+        [
+            _when(r["started"]),
+            f"{r['scope_kind']} {r['scope']}" if r["scope_kind"] != "run" else "run",
+            r["trigger"],
+            r["status"],
+            ", ".join(f"{c['task']} {c['status']}" for c in r["compensations"]) or "-",
+            ("left undone: " + ", ".join(r["left_undone"])) if r["left_undone"] else "-",
+        ]
+        for r in d["rollbacks"]
+    ] + [
+        [
+            _when(o["started"]),
+            f"{o['kind']} {o['subject']}",
+            "-",
+            "ok" if o["ok"] else "failed",
+            o["detail"],
+            "-",
+        ]
+        for o in d["other_rollbacks"]
     ]
     return [
         ("KPIs", [(["KPI", "value"], kpi_rows)], ""),
@@ -661,7 +685,11 @@ def _sections(report: Report) -> list[tuple[str, list[Table], str]]:
             [(["metric", "last", "min", "max", "mean"], metric_rows)],
             "no metric samples",
         ),
-        ("Rollbacks", [(["time", "task", "on_failure", "status"], rollback_rows)], NO_ROLLBACKS),
+        (
+            "Rollbacks",
+            [(["started", "scope", "trigger", "status", "compensations", "undone"], rollback_rows)],
+            NO_ROLLBACKS,
+        ),
     ]
 
 

@@ -64,7 +64,7 @@ def two_agents(ws: Workspace, timeout: float) -> None:
     ws.write_plan(
         one_phase(
             [
-                task("prep", sleep=1.0, requires=["y"]),
+                task("prep", sleep=3.0, requires=["y"]),  # outlasts a CLI start under load
                 task("build", needs=["prep"], requires=["x"]),
             ],
             agents={

@@ -26,7 +26,7 @@ def failing_run(tmp_path: Path) -> Workspace:
             task("a", sleep=0.05, estimate="10s", inputs={"usage": {"tokens": 30, "cost": 0.5}}),
             task("b", sleep=0.05, estimate="10s", inputs={"usage": {"tokens": 12}}),
             task("late", sleep=0.4, estimate="1s"),
-            {**task("bad", estimate="10s", inputs={"fail": True}), "on_failure": "rollback_phase"},
+            task("bad", estimate="10s", inputs={"fail": True}),
             task("after", needs=["bad"]),
         ],
         agents={"w": agent_spec(ws, capacity=2)},
@@ -62,12 +62,7 @@ def test_json_kpis_of_a_run_with_a_failure_and_usage(tmp_path: Path) -> None:
     assert 0 < k["resource_utilization"] <= 1
     assert k["conflict_resolution_time_s"] is None
     assert k["rollback_success_rate"] is None
-    (rollback,) = data["rollbacks"]  # asked for by bad's on_failure; not run by this version
-    assert (rollback["task"], rollback["policy"], rollback["status"]) == (
-        "bad",
-        "rollback_phase",
-        "not supported",
-    )
+    assert data["rollbacks"] == [] and data["other_rollbacks"] == []  # see test_rollback_run
     assert data["usage"]["by_agent"] == {"w": {"tokens": 42, "cost": 0.5}}
     assert data["usage"]["by_phase"] == {"p1": {"tokens": 42, "cost": 0.5}}
     assert data["utilization"]["agents"]["w"]["capacity"] == 2
@@ -99,7 +94,7 @@ def test_markdown_html_and_output_files(tmp_path: Path) -> None:
     assert md.code == 0, str(md)
     assert "## Phases" in md.stdout
     assert re.search(r"^\| p1 \| 5 \| blocked 1, completed 3, failed 1 \|", md.stdout, re.M)
-    assert re.search(r"^\| [^|]+ \| bad \| rollback_phase \| not supported \|$", md.stdout, re.M)
+    assert "## Rollbacks\n\n_no rollbacks_" in md.stdout
     assert re.search(
         r"^\| 1 \| warning \| failures \| run \| tasks.failed > 0 \(now 1\)", md.stdout, re.M
     )

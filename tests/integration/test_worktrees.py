@@ -27,7 +27,7 @@ from counterpoint.agents.worktree import (
     slug,
 )
 from counterpoint.plan.load import load_plan
-from counterpoint.runtime.session import ServeOptions, check_runnable, resume_run, start_run
+from counterpoint.runtime.session import resume_run, start_run
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -472,17 +472,16 @@ def test_a_plan_without_a_usable_repository_is_refused_with_exit_2(
     assert not (tmp_path / "state" / "state.db").exists()
 
 
-def test_remote_agents_and_a_runner_cwd_are_refused(tmp_path: Path, repo: Path) -> None:
+def test_a_runner_cwd_is_refused(tmp_path: Path, repo: Path) -> None:
     plan_path = write_plan(tmp_path, [coding_task("t", ["write", "x", "y"])])
     spec = yaml.safe_load(plan_path.read_text())
     spec["agents"]["coder"]["runner"] = {"shell": "true", "cwd": "."}
     plan_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     with pytest.raises(WorktreeError, match="cannot set cwd"):
         check_worktree_agent(load_plan(plan_path), "coder")
-    spec["agents"]["coder"]["runner"] = {"remote": True}
+    spec["agents"]["coder"]["runner"] = {"remote": True}  # remote agents are fine
     plan_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
-    with pytest.raises(WorktreeError, match="not yet supported for remote agents"):
-        check_runnable(load_plan(plan_path), ServeOptions(), None)
+    check_worktree_agent(load_plan(plan_path), "coder")
 
 
 # -- the example ---------------------------------------------------------------------------

@@ -114,3 +114,30 @@ def test_undeclared_and_non_json_writes_are_refused(parts: Any) -> None:
         state.commit(idx(state, "early"), {"dns.zone": "x"}, "a", 1)
     with pytest.raises(StateError, match="is not JSON"):
         state.commit(idx(state, "early"), {"net.cidr": {1, 2}}, "a", 1)
+
+
+def test_revert_restores_the_value_before_a_task_and_forgets_what_it_created(
+    parts: Any,
+) -> None:
+    state, clock, _ = parts
+    state.commit(idx(state, "early"), {"net.cidr": "A", "cfg.level": 1}, "a", 1)
+    clock.now += 1
+    state.commit(idx(state, "after"), {"net.cidr": "B"}, "a", 1)  # after needs early
+    assert state.revert("after") == ["net.cidr"]
+    assert state.get("net.cidr") == "A"  # back to early's value
+    assert [v.status for v in state.keys["net.cidr"].versions] == [
+        "superseded",
+        "reverted",
+        "current",
+    ]
+    assert state.revert("early") == ["cfg.level", "net.cidr"]  # the restored A was early's
+    assert state.snapshot() == {}  # both keys were created by early: gone
+    assert state.revert("early") == []  # nothing of early's is current any more
+
+
+def test_revert_leaves_a_key_someone_wrote_later_alone(parts: Any) -> None:
+    state, _, _ = parts
+    state.commit(idx(state, "early"), {"net.cidr": "A"}, "a", 1)
+    state.commit(idx(state, "after"), {"net.cidr": "B"}, "a", 1)
+    assert state.revert("early") == []
+    assert state.get("net.cidr") == "B"

@@ -93,6 +93,12 @@ class TaskContext:
     bus: Bus | None = None
     response_sla_s: float = 3600.0
     state: StateView = field(default_factory=StateView)
+    #: For a remote agent with ``workspace: worktree``: the branch to work on (see
+    #: :meth:`counterpoint.agents.worktree.WorktreeManager.prepare_remote`).
+    workspace: dict[str, Any] | None = None
+    #: Set when this is the compensation (``rollback:`` action) of a completed task:
+    #: ``{"rollback_id": N, "attempt": N}``; also in the payload and the environment.
+    rollback: dict[str, Any] | None = None
 
     @property
     def task_id(self) -> str:
@@ -104,8 +110,10 @@ class TaskContext:
 
     @property
     def idempotency_key(self) -> str:
-        """Stable across attempts and resumes of the same task in the same run."""
-        return f"{self.run_id}:{self.task.id}"
+        """Stable across attempts and resumes of the same task in the same run (a
+        compensation has its own: ``RUN:TASK:rollback``)."""
+        suffix = ":rollback" if self.rollback is not None else ""
+        return f"{self.run_id}:{self.task.id}{suffix}"
 
     def progress(self, percent: float, message: str = "") -> None:
         """Report progress (0-100): shown live and passed to every run observer."""
@@ -193,6 +201,8 @@ class TaskContext:
                 "estimate_s": self.estimate_s,
             },
             "state": self.state.snapshot(),
+            **({"workspace": self.workspace} if self.workspace is not None else {}),
+            **({"rollback": self.rollback} if self.rollback is not None else {}),
         }
 
 

@@ -162,6 +162,7 @@ class ShellRunner:
         return cwd
 
     def _env(self, ctx: TaskContext, files: _Files) -> dict[str, str]:
+        rollback = {"COUNTERPOINT_ROLLBACK": "1"} if ctx.rollback is not None else {}
         return {
             **os.environ,
             **self.spec.env,
@@ -174,6 +175,7 @@ class ShellRunner:
             "COUNTERPOINT_ESTIMATE_S": str(ctx.estimate_s),
             "COUNTERPOINT_STATE_DIR": str(ctx.state_dir),
             "COUNTERPOINT_RESULT_FILE": str(files.result),
+            **rollback,
         }
 
     async def _start(

@@ -22,6 +22,7 @@ Layout (``STATE`` is the run's state directory)::
     STATE/worktrees/run-N/integration/               the integration branch's worktree
     STATE/worktrees/run-N/TASK-ATTEMPT/              a task attempt's worktree
     STATE/worktrees/run-N/TASK-ATTEMPT.conflict.diff a conflicting attempt's diff
+    STATE/worktrees/run-N/exchange/AGENT.git/        a remote agent's exchange repository
 
 Every git failure is a :class:`WorktreeError` naming the command, the folder and git's
 own message. Git runs synchronously: each call takes milliseconds on a small repository,
@@ -40,6 +41,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from counterpoint.errors import CounterpointError
 
@@ -51,6 +53,7 @@ log = logging.getLogger("counterpoint.run")
 BRANCH_PREFIX = "counterpoint/run-"
 AUTHOR = ("counterpoint", "counterpoint@localhost")
 INTEGRATION = "integration"
+EXCHANGE = "exchange"
 RECORD = "run.json"
 STDERR_CHARS = 800
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -74,9 +77,10 @@ class WorktreeError(CounterpointError):
 # -- git -----------------------------------------------------------------------------------
 
 
-def _env(identity: bool = False) -> dict[str, str]:
+def _env(identity: bool = False, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARS}
     env.update(GIT_TERMINAL_PROMPT="0", GIT_MERGE_AUTOEDIT="no", GIT_EDITOR="true")
+    env.update(extra or {})
     if identity:
         name, email = AUTHOR
         env.update(
@@ -89,11 +93,16 @@ def _env(identity: bool = False) -> dict[str, str]:
 
 
 def git(
-    *args: str, cwd: Path, check: bool = True, identity: bool = False
+    *args: str,
+    cwd: Path,
+    check: bool = True,
+    identity: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``git ARGS`` in ``cwd``; with ``check`` a failure raises :class:`WorktreeError`.
 
-    ``identity`` commits as ``counterpoint <counterpoint@localhost>``.
+    ``identity`` commits as ``counterpoint <counterpoint@localhost>``; ``env`` adds
+    variables (never shown in git's messages).
     """
     command = ["git", "-c", "commit.gpgsign=false", *args]
     try:
@@ -103,7 +112,7 @@ def git(
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
-            env=_env(identity),
+            env=_env(identity, env),
             check=False,
         )
     except FileNotFoundError as exc:
@@ -166,16 +175,12 @@ def find_repository(folder: Path) -> Path:
 def check_worktree_agent(plan: Plan, agent: str) -> None:
     """Refuse, before a run starts, a ``workspace: worktree`` agent that cannot work.
 
-    The repository must exist, be a git working tree and have a commit; the agent must
-    run locally (a remote agent works in its own folder) and, for a shell runner, in the
-    worktree (no ``cwd``).
+    The repository must exist, be a git working tree and have a commit; a shell runner
+    must run in the worktree (no ``cwd``). A remote agent gets its task branch over the
+    server's git endpoint and works in a worktree of its own clone (see
+    :meth:`WorktreeManager.prepare_remote`).
     """
     spec = plan.agents[agent].runner
-    if spec is not None and spec.remote:
-        raise WorktreeError(
-            f"agent {agent!r}: workspace: worktree is not yet supported for remote agents "
-            "(they run in their own folder); use a shell or python runner"
-        )
     if spec is not None and spec.cwd is not None:
         raise WorktreeError(
             f"agent {agent!r}: workspace: worktree runs each task in its own worktree, "
@@ -187,6 +192,14 @@ def check_worktree_agent(plan: Plan, agent: str) -> None:
         raise WorktreeError(
             f"agent {agent!r}: workspace: worktree needs a git repository with a commit: {exc}"
         ) from None
+
+
+def commit_all(path: Path, message: str) -> str:
+    """Commit everything left in the worktree at ``path``; the commit its HEAD is then at."""
+    if git("status", "--porcelain", "--untracked-files=all", cwd=path).stdout.strip():
+        git("add", "--all", cwd=path)
+        git("commit", "--quiet", "--no-verify", "-m", message, cwd=path, identity=True)
+    return _out("rev-parse", "HEAD", cwd=path)
 
 
 def slug(task: str, attempt: int) -> str:
@@ -290,6 +303,8 @@ class WorktreeManager:
         self.unprepared: dict[tuple[str, int], str] = {}
         #: The latest merge conflict of each task.
         self.conflicts: dict[str, MergeConflict] = {}
+        #: Attempts given to remote agents: task id -> (attempt, agent).
+        self.remote: dict[str, tuple[int, str]] = {}
 
     # -- the integration branch ----------------------------------------------------------------
 
@@ -402,20 +417,108 @@ class WorktreeManager:
 
     def holds(self, task: str, attempt: int) -> bool:
         """True when the attempt ran (or was meant to run) in a worktree of this run."""
-        return self.prepared.get(task) == attempt or (task, attempt) in self.unprepared
+        return (
+            self.prepared.get(task) == attempt
+            or (task, attempt) in self.unprepared
+            or self.remote.get(task, (None,))[0] == attempt
+        )
 
-    def merge(self, task: str, attempt: int) -> MergeResult:
+    # -- remote agents ---------------------------------------------------------------------
+
+    @property
+    def exchange_root(self) -> Path:
+        """The folder of the agents' exchange repositories (served at ``/git/AGENT.git``)."""
+        return self.root / EXCHANGE
+
+    def exchange_path(self, agent: str) -> Path:
+        return self.exchange_root / f"{_UNSAFE.sub('_', agent)}.git"
+
+    def exchange(self, agent: str) -> Path:
+        """``agent``'s own bare repository, through which it fetches and pushes its branches.
+
+        It borrows the plan repository's objects (``objects/info/alternates``), so making
+        it copies nothing; what an agent pushes lands there, never in the plan's
+        repository, and only the branch of an attempt given to that agent is fetched back.
+        """
+        path = self.exchange_path(agent)
+        if not (path / "HEAD").exists():
+            path.mkdir(parents=True, exist_ok=True)
+            git("init", "--quiet", "--bare", str(path), cwd=path)
+            common = Path(_out("rev-parse", "--git-common-dir", cwd=self.repo))
+            objects = (common if common.is_absolute() else self.repo / common).resolve()
+            (path / "objects" / "info" / "alternates").write_text(
+                f"{objects / 'objects'}\n", encoding="utf-8"
+            )
+            git("config", "receive.denyDeletes", "true", cwd=path)
+            git("config", "http.receivepack", "true", cwd=path)  # the server authenticates
+        return path
+
+    def prepare_remote(self, task: str, attempt: int, agent: str) -> dict[str, Any]:
+        """A branch for an attempt a remote agent runs: what its assignment carries.
+
+        The branch starts at the integration branch's tip, in the plan's repository and in
+        the agent's exchange repository; the agent fetches it, works in a worktree of its
+        own and pushes the branch back (``counterpoint agent`` does all of it).
+        """
+        started = self.start()
+        branch = self.task_branch(task, attempt)
+        tip = _out("rev-parse", f"refs/heads/{started.branch}", cwd=started.repo)
+        git("branch", "--force", "--no-track", branch, tip, cwd=started.repo)
+        exchange = self.exchange(agent)
+        git("update-ref", f"refs/heads/{branch}", tip, cwd=exchange)
+        self.remote[task] = (attempt, agent)
+        return {
+            "kind": "worktree",
+            "repository": f"/git/{quote(agent, safe='')}",
+            "branch": branch,
+            "base": tip,
+        }
+
+    def _fetch_remote(self, task: str, attempt: int, agent: str, commit: str | None) -> None:
+        """Bring the branch the agent pushed into the plan's repository (checked first)."""
+        branch = self.task_branch(task, attempt)
+        exchange = self.exchange(agent)
+        pushed = git(
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            f"refs/heads/{branch}^{{commit}}",
+            cwd=exchange,
+            check=False,
+        )
+        if pushed.returncode != 0:
+            raise WorktreeError(f"agent {agent!r} did not push the branch {branch}")
+        head = pushed.stdout.strip()
+        if commit is not None and commit != head:
+            raise WorktreeError(
+                f"agent {agent!r} reported commit {commit[:12]} but its branch {branch} is "
+                f"at {head[:12]}"
+            )
+        git(
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            str(exchange),
+            f"+refs/heads/{branch}:refs/heads/{branch}",
+            cwd=self.repo,
+        )
+
+    def merge(self, task: str, attempt: int, remote: bool = False) -> MergeResult:
         """Commit what the attempt left, then merge its branch into the integration branch.
 
+        ``remote``: the branch came from a remote agent, already committed and fetched.
         On a conflict the merge is aborted and a :class:`MergeConflict` returned (the
         branch and worktree are kept); git failures raise :class:`WorktreeError`.
         """
         started = self.start()
         path = self.worktree(task, attempt)
         branch = self.task_branch(task, attempt)
-        if not path.is_dir():
+        if remote:
+            theirs = _out("rev-parse", f"refs/heads/{branch}", cwd=started.repo)
+        elif not path.is_dir():
             raise WorktreeError(f"the worktree of {task} attempt {attempt} is gone ({path})")
-        theirs = self._commit(path, branch, task, attempt)
+        else:
+            theirs = self._commit(path, branch, task, attempt)
         integ = self._integration()
         ours = _out("rev-parse", "HEAD", cwd=integ)
         if _ok("merge-base", "--is-ancestor", theirs, ours, cwd=integ):
@@ -437,11 +540,7 @@ class WorktreeManager:
 
     def _commit(self, path: Path, branch: str, task: str, attempt: int) -> str:
         """Commit everything the attempt left in its worktree; the commit the branch ends at."""
-        if git("status", "--porcelain", "--untracked-files=all", cwd=path).stdout.strip():
-            git("add", "--all", cwd=path)
-            message = f"counterpoint: task {task} (attempt {attempt})"
-            git("commit", "--quiet", "--no-verify", "-m", message, cwd=path, identity=True)
-        head = _out("rev-parse", "HEAD", cwd=path)
+        head = commit_all(path, f"counterpoint: task {task} (attempt {attempt})")
         # An agent that committed on another branch (or a detached HEAD): its work counts.
         if head != _out("rev-parse", f"refs/heads/{branch}", cwd=path):
             git("update-ref", f"refs/heads/{branch}", head, cwd=path)
@@ -500,7 +599,9 @@ class WorktreeManager:
             theirs=theirs,
         )
 
-    def finish(self, task: str, attempt: int, succeeded: bool) -> MergeResult | None:
+    def finish(
+        self, task: str, attempt: int, succeeded: bool, commit: str | None = None
+    ) -> MergeResult | None:
         """After an attempt: merge and remove its worktree on success, keep it otherwise.
 
         None for an attempt that did not succeed (its worktree is kept). A result with an
@@ -512,6 +613,8 @@ class WorktreeManager:
             del self.prepared[task]
         if unprepared is not None:
             return MergeResult(task, attempt, error=unprepared)
+        if self.remote.get(task, (None,))[0] == attempt:
+            return self._finish_remote(task, attempt, succeeded, commit)
         if not succeeded:
             self.discard(task, attempt, keep=True)
             return None
@@ -520,6 +623,28 @@ class WorktreeManager:
         except WorktreeError as exc:
             return MergeResult(task, attempt, error=f"could not merge the task's work: {exc}")
         self.discard(task, attempt, keep=result.error is not None)
+        return result
+
+    def _finish_remote(
+        self, task: str, attempt: int, succeeded: bool, commit: str | None
+    ) -> MergeResult | None:
+        """A remote attempt ended: fetch and merge its pushed branch after success.
+
+        The branch stays in the agent's exchange repository (and the plan's repository)
+        after a failure or a conflict, for inspection; it goes after a merge.
+        """
+        _, agent = self.remote.pop(task)
+        if not succeeded:
+            return None
+        try:
+            self._fetch_remote(task, attempt, agent, commit)
+            result = self.merge(task, attempt, remote=True)
+        except WorktreeError as exc:
+            return MergeResult(task, attempt, error=f"could not merge the task's work: {exc}")
+        if result.error is None:
+            branch = self.task_branch(task, attempt)
+            git("update-ref", "-d", f"refs/heads/{branch}", cwd=self.exchange(agent), check=False)
+            git("branch", "-D", branch, cwd=self.repo, check=False)
         return result
 
     def discard(self, task: str, attempt: int, keep: bool) -> None:

@@ -38,6 +38,7 @@ from counterpoint.agents.shell import ShellRunner
 from counterpoint.errors import CounterpointError
 from counterpoint.messaging.protocol import Status, status_update
 from counterpoint.net import frames as fr
+from counterpoint.net.agent_workspace import AgentWorkspaces
 from counterpoint.plan.model import Runner, Task
 
 log = logging.getLogger("counterpoint.agent")
@@ -77,6 +78,7 @@ class AgentClient:
             config.workdir,
             kill_grace_s=config.kill_grace_s,
         )
+        self.workspaces = AgentWorkspaces(config.url, config.token, config.state_dir)
         self.out_seq = 0
         self.outbox: OrderedDict[int, str] = OrderedDict()
         self.in_seq = 0
@@ -316,8 +318,18 @@ class AgentClient:
         frame: dict[str, Any] = {"op": "result", "task_id": task_id, "attempt": attempt}
         try:
             ctx = self._context(task_id, attempt, payload)
+            spec = payload.get("workspace")
+            if isinstance(spec, dict):  # workspace: worktree, on a branch of the run
+                ctx.workdir = await asyncio.to_thread(
+                    self.workspaces.checkout, task_id, attempt, spec
+                )
             self._status(task_id, 0.0, "started")
-            frame.update(status="completed", result=await self.runner(ctx))
+            result = await self.runner(ctx)
+            if isinstance(spec, dict):
+                result["workspace"] = await asyncio.to_thread(
+                    self.workspaces.push, task_id, attempt, spec, ctx.workdir
+                )
+            frame.update(status="completed", result=result)
         except asyncio.CancelledError:
             self.running.pop(task_id, None)
             raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 from counterpoint.plan.model import Plan
 
 TASK_STATES = ("pending", "ready", "running", "retrying", "completed", "failed", "blocked")
-TASK_STATES_ALL = (*TASK_STATES, "cancelled")
+TASK_STATES_ALL = (*TASK_STATES, "cancelled", "rolled_back")
 
 #: name: what it measures (the docs table is built from the same words).
 RUN_METRICS: dict[str, str] = {
@@ -51,6 +51,10 @@ RUN_METRICS: dict[str, str] = {
     "gates.waiting": "gates waiting for approvals",
     "gates.held": "gates that did not pass and hold work back (blocked, incomplete, waiting)",
     "alerts.firing": "alerts firing now",
+    "rollbacks.total": "rollbacks started so far",
+    "rollbacks.running": "rollbacks going on now",
+    "compensations.done": "compensations (rollback: actions) that undid their task",
+    "compensations.failed": "compensations that failed after their retries",
     "run.elapsed_s": "seconds since the run (or its resume) started",
 }
 

@@ -280,6 +280,10 @@ Condition = Annotated[
 class Gate(Strict):
     conditions: list[Condition] = Field(default_factory=list)
     timeout: Duration | None = None
+    #: A gate that does not pass holds what waits on it and is checked again this often
+    #: (plan time), until it passes or its escalation runs out; without it, what waits on
+    #: a gate that does not pass is blocked at once. A rejection always blocks at once.
+    recheck: Duration | None = Field(default=None, gt=0)
 
 
 class StatePolicy(Strict):

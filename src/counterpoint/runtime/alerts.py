@@ -312,6 +312,7 @@ class AlertMonitor(RunObserver):
                 body={
                     "type": "alert",
                     "event": event,
+                    "notice_id": f"{self.run_id}-alert-{alert.id}-{event}",
                     "run_id": self.run_id,
                     "alert": alert.to_json(),
                     "text": f"[counterpoint] {alert.severity} alert {alert.name} {verb}: "

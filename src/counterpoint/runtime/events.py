@@ -29,10 +29,16 @@ class TaskState(StrEnum):
     FAILED = "failed"
     BLOCKED = "blocked"
     CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"  # completed, then undone by its rollback: action
 
     @property
     def terminal(self) -> bool:
-        return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.BLOCKED)
+        return self in (
+            TaskState.COMPLETED,
+            TaskState.FAILED,
+            TaskState.BLOCKED,
+            TaskState.ROLLED_BACK,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from counterpoint.runtime.runners import Runners
 from counterpoint.runtime.sampling import MetricSampler
 from counterpoint.runtime.state import MISSING, Conflict, SharedState, StateError
 from counterpoint.runtime.steering import Steering
+from counterpoint.runtime.undo import Undoing
 from counterpoint.store.sqlite import SqliteStore, TaskRecord
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
@@ -70,7 +71,7 @@ class RunOptions:
     seed: int | None = None
 
 
-class Orchestrator(Steering):
+class Orchestrator(Steering, Undoing):
     """Runs one plan to the end (or until cancelled), journaling every transition."""
 
     def __init__(
@@ -110,6 +111,7 @@ class Orchestrator(Steering):
         self.running: dict[int, asyncio.Task[None]] = {}
         self.gates_running: dict[int, asyncio.Task[None]] = {}
         self.gates_waiting: set[int] = set()
+        self.gate_rechecks: dict[int, float] = {}
         self.timers: list[tuple[float, int]] = []  # (monotonic time, task or -1)
         self.completions: deque[Completion] = deque()
         self.wake = asyncio.Event()
@@ -120,6 +122,7 @@ class Orchestrator(Steering):
         self._next_poll = 0.0
         self.progress: dict[int, tuple[float, str]] = {}
         self.tempdirs: dict[int, Path] = {}
+        self.remote_workspaces: dict[int, dict[str, Any]] = {}  # task -> its branch
         self.bus = Bus(journal=self._journal_message)
         for name, spec in self.plan.agents.items():
             self.bus.subscribe(name, groups=spec.capabilities)
@@ -145,6 +148,7 @@ class Orchestrator(Steering):
             cwd=self.plan_dir,
             publish=self._publish_quietly,
         )
+        self._init_undo()
         self.sampler = MetricSampler(store, run_id, self.plan.settings.metrics_every)
         self.alerts = AlertMonitor(
             self.plan,
@@ -170,9 +174,11 @@ class Orchestrator(Steering):
         self.emit("run_started", tasks=self.g.n_tasks, resumed=bool(previous))
         if self.hub_url is not None:
             self.emit("hub_listening", url=self.hub_url, remote_agents=self.runners.remote_agents)
+        self._poll_commands()  # e.g. a rollback asked for while the run was stopped
         try:
             while not self._finished():
                 self._drain()
+                self._drive_rollbacks()
                 self.store.flush()
                 self._poll_commands()
                 self._tick_escalations()
@@ -273,41 +279,58 @@ class Orchestrator(Steering):
         if previous:
             self.sampler.restore()
         self.alerts.restore()
+        self._restore_rollbacks()
         for name, state in self.store.agent_states(self.run_id).items():
             self._set_agent_state(name, state, journal=False)
         failed: list[int] = []
+        undone: list[int] = []
         for t, tid in enumerate(self.g.task_ids):
             rec = previous.get(tid)
-            if rec is None:
-                continue
-            self.attempts[t] = rec.attempts
-            if rec.state == TaskState.COMPLETED:
-                self.state[t] = TaskState.COMPLETED
-                self.done[t] = 1
-                self.finished_at[t] = rec.finished or 0.0
-            elif rec.state == TaskState.FAILED and not self.options.retry_failed:
-                self.state[t] = TaskState.FAILED
-                self.error[t] = rec.error or "failed"
-                failed.append(t)
-            elif rec.state != TaskState.PENDING:
-                if rec.state == TaskState.RUNNING and rec.attempts:
-                    self.store.save_attempt(
-                        self.run_id,
-                        tid,
-                        rec.attempts,
-                        rec.agent,
-                        rec.started or 0.0,
-                        None,
-                        "interrupted",
-                        "the run stopped while this attempt was running",
-                    )
-                self.state[t] = TaskState.PENDING
-                self._save(t)
+            if rec is not None:
+                self._restore_task(t, rec, failed, undone)
         self._recount()
         for t in failed:
             self._block_downstream(t, f"{self.g.task_ids[t]} failed")
+        for t in undone:
+            self._block_downstream(t, f"{self.g.task_ids[t]} was rolled back")
         for v in [v for v in range(self.g.n_nodes) if self._startable(v)]:
             self._on_ready(v)
+
+    def _restore_task(self, t: int, rec: TaskRecord, failed: list[int], undone: list[int]) -> None:
+        """One task's state from the journal; failed and rolled-back ones are noted."""
+        tid = self.g.task_ids[t]
+        self.attempts[t] = rec.attempts
+        if rec.state == TaskState.COMPLETED:
+            self.state[t] = TaskState.COMPLETED
+            self.done[t] = 1
+            self.finished_at[t] = rec.finished or 0.0
+        elif rec.state == TaskState.FAILED and not self.options.retry_failed:
+            self.state[t] = TaskState.FAILED
+            self.error[t] = rec.error or "failed"
+            failed.append(t)
+        elif not self.options.retry_failed and (
+            rec.state == TaskState.ROLLED_BACK
+            or (rec.state == TaskState.BLOCKED and _rolled_back(rec.blocked_by))
+        ):  # a rolled-back scope stays undone until --retry-failed
+            self.state[t] = TaskState(rec.state)
+            self.blocked_by[t] = rec.blocked_by or ""
+            self.finished_at[t] = rec.finished or 0.0
+            self.blocked[t] = 1
+            undone.append(t)
+        elif rec.state != TaskState.PENDING:
+            if rec.state == TaskState.RUNNING and rec.attempts:
+                self.store.save_attempt(
+                    self.run_id,
+                    tid,
+                    rec.attempts,
+                    rec.agent,
+                    rec.started or 0.0,
+                    None,
+                    "interrupted",
+                    "the run stopped while this attempt was running",
+                )
+            self.state[t] = TaskState.PENDING
+            self._save(t)
 
     def _startable(self, v: int) -> bool:
         if self.done[v] or self.blocked[v] or self.waiting[v]:
@@ -322,20 +345,25 @@ class Orchestrator(Steering):
     # -- the loop ---------------------------------------------------------------
 
     def _finished(self) -> bool:
-        if self.running or self.gates_running:
+        if self.running or self.gates_running or self.comp_running or self.comp_ended:
             return False
         if self.cancelling is not None or self.failed_fast:
             return True
+        if self.rollbacks_open():
+            return False
         return not self.queue and not self.timers and not self.gates_waiting and not self.parked
 
     async def _sleep(self) -> None:
         now = time.monotonic()
-        deadline = min(self._next_poll, self.sampler.next_due)
+        deadline = min(self._next_poll, self.sampler.next_due, *self.gate_rechecks.values())
         if self.timers:
             deadline = min(deadline, self.timers[0][0])
         escalation = self.escalator.next_deadline()
         if escalation is not None:
             deadline = min(deadline, escalation)
+        retry = self.next_compensation_retry()
+        if retry is not None:
+            deadline = min(deadline, retry)
         if self.completions:
             return
         try:
@@ -346,6 +374,8 @@ class Orchestrator(Steering):
         self.wake.clear()
 
     def _fire_timers(self) -> None:
+        if self.gate_rechecks:
+            self._recheck_due()
         now = time.monotonic()
         while self.timers and self.timers[0][0] <= now:
             _, t = heapq.heappop(self.timers)
@@ -460,12 +490,17 @@ class Orchestrator(Steering):
             bus=self.bus,
             response_sla_s=self.plan.settings.response_sla * self.options.time_scale,
             state=StateView(self.shared.snapshot(task.reads) if task.reads else {}),
+            workspace=self.remote_workspaces.get(t),
         )
 
     def _workdir(self, t: int) -> Path:
         """The plan's folder; a fresh folder per attempt for ``workspace: tempdir`` agents; a
         git worktree on its own branch per attempt for ``workspace: worktree`` agents."""
-        from counterpoint.agents.worktree import WorktreeManager, repository_folder
+        from counterpoint.agents.worktree import (
+            WorktreeError,
+            WorktreeManager,
+            repository_folder,
+        )
 
         agent = self.agent_of[t]
         workspace = (
@@ -479,7 +514,18 @@ class Orchestrator(Steering):
                 )
                 self.worktrees = worktrees
             was_started = worktrees.started
-            path = worktrees.workdir(self.g.task_ids[t], self.attempts[t])
+            tid, name = self.g.task_ids[t], self.agents.names[agent]  # type: ignore[index]
+            if self.runners.is_remote(tid, name):
+                attempt = self.attempts[t]
+                try:
+                    self.remote_workspaces[t] = worktrees.prepare_remote(tid, attempt, name)
+                except WorktreeError as exc:  # the agent is told, and fails the attempt
+                    why = f"could not prepare the task's branch: {exc}"
+                    worktrees.unprepared[(tid, attempt)] = why
+                    self.remote_workspaces[t] = {"kind": "worktree", "error": why}
+                path = self.plan_dir  # the agent works in a worktree of its own clone
+            else:
+                path = worktrees.workdir(tid, self.attempts[t])
             if worktrees.started and not was_started:
                 self.emit(
                     "integration_branch",
@@ -497,7 +543,17 @@ class Orchestrator(Steering):
         self.tempdirs[t] = folder
         return folder
 
-    def _clean_workspace(self, t: int, keep: bool) -> str | None:
+    def exchange_of(self, agent: str) -> Path | None:
+        """``agent``'s exchange repository for its task branches (None: it has none yet)."""
+        worktrees = getattr(self, "worktrees", None)
+        if worktrees is None or agent not in self.agents.index or not worktrees.started:
+            return None
+        path: Path = worktrees.exchange_path(agent)
+        return path if path.is_dir() else None
+
+    def _clean_workspace(
+        self, t: int, keep: bool, result: dict[str, Any] | None = None
+    ) -> str | None:
         """Remove a task's temporary workspace after success; keep it after a failure.
 
         A worktree's branch is merged after success (then the worktree is removed) and
@@ -513,16 +569,21 @@ class Orchestrator(Steering):
         tid, attempt = self.g.task_ids[t], self.attempts[t]
         if worktrees is None or not worktrees.holds(tid, attempt):
             return None
-        result = worktrees.finish(tid, attempt, succeeded=not keep)
-        if result is not None and result.conflict is not None:
-            details = result.conflict.event()
+        pushed = (result or {}).get("workspace")
+        commit = pushed.get("commit") if isinstance(pushed, dict) else None
+        self.remote_workspaces.pop(t, None)
+        merge = worktrees.finish(
+            tid, attempt, succeeded=not keep, commit=commit if isinstance(commit, str) else None
+        )
+        if merge is not None and merge.conflict is not None:
+            details = merge.conflict.event()
             self.emit("merge_conflict", t, **details)
             conflict = self.shared.record_merge(tid, details)
             self._conflict_raised(conflict)
-        elif result is not None and result.error is None and not keep:
+        elif merge is not None and merge.error is None and not keep:
             for conflict in self.shared.merged(tid, attempt):
                 self._decided(conflict)
-        return None if result is None else result.error
+        return None if merge is None else merge.error
 
     async def _execute(self, t: int, ctx: TaskContext) -> None:
         timeout = self.plan.effective(ctx.task).timeout_s * self.options.time_scale
@@ -567,7 +628,7 @@ class Orchestrator(Steering):
                     self.shared.validate(done.node, done.writes)
                 except StateError as exc:
                     done.kind, done.error = "failed", str(exc)
-            error = self._clean_workspace(done.node, keep=done.kind != "completed")
+            error = self._clean_workspace(done.node, done.kind != "completed", done.result)
             if error is not None and done.kind in ("completed", "failed"):
                 done.kind, done.error = "failed", error  # e.g. a merge conflict
             handler = getattr(self, f"_on_{done.kind}")
@@ -594,6 +655,8 @@ class Orchestrator(Steering):
         self._finish_attempt(done, "completed")
         self._save(t, result=done.result)
         self.emit("task_completed", t, attempt=done.attempt, usage=done.result.get("usage"))
+        if t in self.rolling:
+            self.rollback_member_completed(t)
         self._complete_node(t)
 
     def _on_failed(self, done: Completion) -> None:
@@ -658,9 +721,16 @@ class Orchestrator(Steering):
         if policy is OnFailure.FAIL_FAST:
             self._fail_fast(tid)
             return
-        if policy is not OnFailure.BLOCK:
-            self.emit("rollback_not_supported", t, policy=policy.value, instead="block")
         self._block_downstream(t, f"{tid} failed")
+        if policy is not OnFailure.BLOCK:  # rollback_milestone, rollback_phase, rollback_run
+            kind = policy.value.removeprefix("rollback_")
+            if kind == "milestone":
+                scope = self.g.milestones[self.g.milestone_of_task[t]].id
+            elif kind == "phase":
+                scope = self.plan.phases[self.g.phase_of_task[t]].id
+            else:
+                scope = "run"
+            self.start_rollback(kind, scope, f"{tid} failed")
 
     def _fail_fast(self, tid: str) -> None:
         self.failed_fast = True
@@ -721,6 +791,8 @@ class Orchestrator(Steering):
             u, chain = stack.pop()
             for i in range(ss[u], ss[u + 1]):
                 w = succ[i]
+                if w < self.g.n_tasks and self.state[w] is TaskState.FAILED:
+                    continue  # what waits on it was blocked when it failed
                 if not self.blocked[w] and not self.done[w]:
                     link = [*chain, self.g.task_ids[w]] if w < self.g.n_tasks else chain
                     self._mark_blocked(w, reason, link)
@@ -749,7 +821,11 @@ class Orchestrator(Steering):
     # -- the end ----------------------------------------------------------------------
 
     async def _stop_everything(self) -> None:
-        pending = [*self.running.values(), *self.gates_running.values()]
+        pending = [
+            *self.running.values(),
+            *self.gates_running.values(),
+            *self.comp_running.values(),
+        ]
         for task in pending:
             task.cancel()
         if pending:
@@ -759,7 +835,12 @@ class Orchestrator(Steering):
         counts = self.snapshot()["counts"]
         if self.cancelling is not None:
             code = EXIT_CANCELLED
-        elif counts.get("failed") or counts.get("blocked") or self.failed_fast:
+        elif (
+            counts.get("failed")
+            or counts.get("blocked")
+            or counts.get("rolled_back")
+            or self.failed_fast
+        ):
             code = EXIT_FAILED
         else:
             code = EXIT_OK
@@ -954,8 +1035,9 @@ class Orchestrator(Steering):
                 self._escalation_failed(case.subject)
 
     def _escalation_failed(self, subject: str) -> None:
-        """Nobody decided a gate waiting for approval in time: what waits on it is blocked.
-        (A gate that failed its conditions has blocked its work already.)"""
+        """A gate waiting for approval, or held for a recheck, did not pass before its
+        escalation ran out: what waits on it is blocked. (A gate that failed without a
+        ``recheck`` has blocked its work already.)"""
         kind, _, gate_id = subject.partition(":")
         t = self.g.index.get(gate_id) if kind == "task" else None
         if t is not None and t in self.unrunnable:
@@ -969,7 +1051,8 @@ class Orchestrator(Steering):
             site = self._gate_of(v)
             if site is not None and site.gate_id == gate_id:
                 self.gates_waiting.discard(v)
-                reason = f"gate {gate_id} was not decided: no more escalation levels available"
+                self.gate_rechecks.pop(v, None)
+                reason = f"gate {gate_id} did not pass in time: no more escalation levels available"
                 self.emit("gate_abandoned", None, gate=gate_id, reason=reason)
                 self._block_downstream(v, reason)
 
@@ -1090,6 +1173,16 @@ class Orchestrator(Steering):
         return conflict.to_json()
 
     def _command(self, kind: str, args: dict[str, Any]) -> None:
+        if kind == "rollback":
+            try:
+                self.start_rollback(
+                    str(args.get("scope_kind", "")),
+                    str(args.get("scope", "")),
+                    f"operator {args.get('by', 'operator')}",
+                )
+            except LookupError as exc:
+                self.emit("command_refused", None, command="rollback", reason=str(exc.args[0]))
+            return
         if kind != "resolve":
             return
         try:
@@ -1112,6 +1205,10 @@ class Orchestrator(Steering):
         self._notify_conflict(conflict)
         if self.parked:
             self._unpark()
+
+
+def _rolled_back(blocked_by: str | None) -> bool:
+    return (blocked_by or "").startswith("rolled back")
 
 
 def _writes_of(ctx: TaskContext, result: dict[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,16 @@ class Runners:
             for t in plan.tasks()
             if t.run is not None
         }
+        self.rollback_by_task: dict[str, Runner] = {}
+        for t in plan.tasks():
+            if t.rollback is None:
+                continue
+            if t.rollback.remote:
+                raise NotSupportedError(
+                    f"task {t.id!r}: a rollback: action cannot be remote yet; give it a "
+                    "python or shell runner"
+                )
+            self.rollback_by_task[t.id] = build_runner(t.rollback, plan_dir, kill_grace_s)
         self._check_every_task_has_one(plan)
 
     def _check_every_task_has_one(self, plan: Plan) -> None:

@@ -210,6 +210,12 @@ class MetricSampler(RunObserver):
         out["gates.waiting"] = float(len(orch.gates_waiting))
         out["gates.held"] = float(sum(1 for s in self.gate_status.values() if s in _HELD))
         out["run.elapsed_s"] = round(time.time() - self.began, 3)
+        rollbacks = list(orch.rollbacks.values())
+        out["rollbacks.total"] = float(len(rollbacks))
+        out["rollbacks.running"] = float(sum(1 for rb in rollbacks if rb.open))
+        statuses = Counter(c.status for rb in rollbacks for c in rb.comps.values())
+        out["compensations.done"] = float(statuses.get("done", 0))
+        out["compensations.failed"] = float(statuses.get("failed", 0))
         self._phases(orch, out)
         out["alerts.firing"] = 0.0  # set once the alert rules saw the sample
         return out

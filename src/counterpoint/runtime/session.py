@@ -299,6 +299,7 @@ async def _main(run: _Run, previous: dict[str, Any] | None) -> int:
 async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None) -> int:
     """Run with the hub served: remote agents connect, operators use the HTTP API."""
     from counterpoint.metrics import RunMetrics
+    from counterpoint.net.dashboard import Dashboard
     from counterpoint.net.frames import CLOSE_RUN_FINISHED
     from counterpoint.net.hub import Hub, tune_gc_for_serving
     from counterpoint.net.server import HubServer, Operations
@@ -315,6 +316,8 @@ async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None
         commit=run.store.flush,
         on_state=orch.remote_state,
     )
+    dashboard = Dashboard(orch, hub)
+    orch.observers.observers.append(dashboard)
     server = HubServer(
         hub,
         TokenStore(run.state_dir),
@@ -326,6 +329,8 @@ async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None
             conflicts=lambda: [c.to_json() for c in orch.shared.conflicts.values()],
             resolve=orch.resolve_conflict,
             metrics=metrics.exposition,
+            dashboard=dashboard,
+            exchange=orch.exchange_of,
         ),
         sock=run.sock,
     )
@@ -336,8 +341,10 @@ async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None
     try:
         code = await orch.run(previous)
     except BaseException:
+        await dashboard.feed.close(timeout_s=0.5)
         await server.stop()
         raise
+    await dashboard.feed.close()  # the dashboards see how the run ended
     await server.stop(CLOSE_RUN_FINISHED, "the run finished")
     return code
 
@@ -431,6 +438,50 @@ def decide_gate(
             )
         kind = "approve" if approve else "reject"
         store.add_command(record.id, kind, gate=gate, by=by, comment=comment)
+    finally:
+        store.close()
+
+
+def request_rollback(
+    state_dir: str | os.PathLike[str], kind: str, scope: str, by: str = "operator"
+) -> tuple[int, bool]:
+    """Ask for a rollback of ``scope`` (``task``, ``milestone``, ``phase`` or ``run``) in
+    the latest run: ``(run id, running)``. A running run starts it at once; a stopped one
+    when it is resumed (``counterpoint rollback`` resumes it)."""
+    from counterpoint.plan.model import Plan
+    from counterpoint.runtime.compensation import scope_members
+
+    store, record = _latest_store(state_dir)
+    try:
+        plan = Plan.model_validate_json(store.plan_json(record.id))
+        try:
+            members = scope_members(plan.compile(check=False), kind, scope)
+        except LookupError as exc:
+            raise RunRefused(str(exc.args[0])) from None
+        if not members:
+            raise RunRefused(f"{kind} {scope!r} has no tasks to roll back")
+        store.add_command(record.id, "rollback", scope_kind=kind, scope=scope, by=by)
+        return record.id, lock_holder(Path(state_dir)) is not None
+    finally:
+        store.close()
+
+
+def recheck_gate(state_dir: str | os.PathLike[str], gate: str, by: str = "operator") -> int:
+    """Ask the running run to check ``gate`` again now (a gate held for a ``recheck``, or
+    waiting for approvals); returns the run id."""
+    from counterpoint.runtime.gates import declared_gates
+
+    store, record = _latest_store(state_dir)
+    try:
+        known = [g.id for g in declared_gates(json.loads(store.plan_json(record.id)))]
+        if gate not in known:
+            raise RunRefused(
+                f"unknown gate {gate!r}; the plan's gates: {', '.join(known) or 'none'}"
+            )
+        if lock_holder(Path(state_dir)) is None:
+            raise RunRefused(f"run {record.id} is not running (status: {record.status})")
+        store.add_command(record.id, "recheck", gate=gate, by=by)
+        return record.id
     finally:
         store.close()
 

@@ -514,6 +514,41 @@ class SharedState:
         self._add(entry, version)
         c.status, c.resolution, c.resolved = "resolved", resolution, self.wall()
 
+    def revert(self, task: str) -> list[str]:
+        """Undo ``task``'s writes (its work was compensated): each key whose current value
+        it wrote goes back to the value before it (a key it created disappears). Its
+        versions are marked ``reverted``; a key someone wrote after it is left alone.
+        Returns the keys reverted."""
+        reverted = []
+        for key, entry in sorted(self.keys.items()):
+            current = entry.current
+            if current is None or current.task != task:
+                continue
+            current.status = "reverted"
+            self._save_version(current)
+            before = next(
+                (
+                    v
+                    for v in reversed(entry.versions)
+                    if v.status == "superseded" and v.task != task
+                ),
+                None,
+            )
+            if before is not None:
+                restored = Version(
+                    key,
+                    len(entry.versions) + 1,
+                    before.value,
+                    before.task,
+                    before.agent,
+                    before.attempt,
+                    self.wall(),
+                    "current",
+                )
+                self._add(entry, restored)
+            reverted.append(key)
+        return reverted
+
     # -- bookkeeping ------------------------------------------------------------------
 
     def _supersede(self, entry: _Key) -> None:

@@ -51,6 +51,7 @@ class Steering:
     checker: GateChecker
     gates_running: dict[int, asyncio.Task[None]]
     gates_waiting: set[int]
+    gate_rechecks: dict[int, float]  # held gate -> when (monotonic) to check it again
     completions: deque[Completion]
     wake: asyncio.Event
     _next_poll: float
@@ -144,10 +145,35 @@ class Steering:
             self.gates_waiting.add(v)
             if not was_waiting:
                 self._gate_blocked(report.gate, report)
+        elif self._holds(v, report):
+            self.gates_waiting.add(v)  # held: checked again at its recheck time
+            if not was_waiting:
+                self._gate_blocked(report.gate, report)
         else:
             self.gates_waiting.discard(v)
+            self.gate_rechecks.pop(v, None)
             self._block_downstream(v, f"gate {report.gate} {report.status}: {report.reason()}")
             self._gate_blocked(report.gate, report)
+
+    def _holds(self, v: int, report: GateReport) -> bool:
+        """A gate with ``recheck`` that did not pass (and was not rejected) holds its work
+        and is checked again later; when is noted in :attr:`gate_rechecks`."""
+        site = self._gate_of(v)
+        if site is None or site.gate.recheck is None:
+            return False
+        if any(r.kind == "approval" and r.passed is False for r in report.results):
+            return False  # a person said no
+        when = time.monotonic() + site.gate.recheck * self.options.time_scale
+        self.gate_rechecks[v] = when  # the run loop wakes for it (see Orchestrator._sleep)
+        return True
+
+    def _recheck_due(self) -> None:
+        """Check again the held gates whose recheck time came."""
+        now = time.monotonic()
+        for v, when in list(self.gate_rechecks.items()):
+            if when <= now and v not in self.gates_running:
+                del self.gate_rechecks[v]
+                self._start_gate(v)
 
     def _gate_blocked(self, gate_id: str, report: GateReport) -> None:
         """A gate holds work back: the hook the escalation ladder hangs on (a no-op here).
@@ -207,7 +233,7 @@ class Steering:
                 self.cancel(f"cancelled by {cmd.args.get('by', 'operator')}")
             elif cmd.kind == "agent_state":
                 self._set_agent_state(cmd.args["agent"], cmd.args["state"])
-            elif cmd.kind in ("approve", "reject"):
+            elif cmd.kind in ("approve", "reject", "recheck"):
                 self._recheck_gates(cmd.args.get("gate", ""))
             else:
                 self._command(cmd.kind, cmd.args)
@@ -219,6 +245,7 @@ class Steering:
         for v in list(self.gates_waiting):
             site = self._gate_of(v)
             if site is not None and site.gate_id == gate_id and v not in self.gates_running:
+                self.gate_rechecks.pop(v, None)
                 self._start_gate(v)
 
     def set_agent_state(self, name: str, state: str) -> None:

@@ -1,0 +1,284 @@
+"""Rollbacks in real runs: a failing task's scope is undone by its tasks' rollback:
+actions in reverse dependency order, each once, the shared state reverted; a failing
+compensation is retried, escalated and reported; a rollback interrupted by kill -9 goes
+on after resume without undoing anything twice; and ``counterpoint rollback``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import yaml
+from run_helpers import Background, cli, wait_for
+
+from counterpoint.runtime.session import start_run
+
+AGENTS = """
+import asyncio, json, os, time
+
+async def work(task, ctx):
+    await asyncio.sleep(task.inputs.get("sleep", 0.05))
+    if task.inputs.get("fail"):
+        from counterpoint.agents.base import TaskFailed
+        raise TaskFailed("failed on purpose")
+    for key in task.writes:
+        ctx.state.set(key, f"{task.id}-value")
+    return {"done": task.id}
+
+async def undo(task, ctx):
+    await asyncio.sleep(task.inputs.get("undo_sleep", 0.05))
+    marker = ctx.workdir / f"undo-{task.id}.fails"
+    if task.inputs.get("undo_fails") or marker.exists():
+        from counterpoint.agents.base import TaskFailed
+        raise TaskFailed(f"cannot undo {task.id}")
+    with open(ctx.workdir / "undo.jsonl", "a") as f:
+        f.write(json.dumps({"task": task.id, "attempt": ctx.attempt, "t": time.time(),
+                            "key": ctx.idempotency_key, "rollback": ctx.rollback}) + "\\n")
+    return {"undone": task.id}
+"""
+
+
+class Bench:
+    def __init__(self, folder: Path) -> None:
+        self.dir = folder
+        self.state = folder / "state"
+        self.plan = folder / "plan.yaml"
+        self.module = f"rb_agents_{abs(hash(str(folder))) % 10**8}"
+        (folder / f"{self.module}.py").write_text(AGENTS, encoding="utf-8")
+
+    def task(self, tid: str, **fields: Any) -> dict[str, Any]:
+        inputs = fields.pop("inputs", {})
+        out = {"id": tid, "inputs": inputs, **fields}
+        out.setdefault("rollback", {"python": f"{self.module}:undo"})
+        return out
+
+    def write(self, phases: list[dict[str, Any]], **top: Any) -> None:
+        plan: dict[str, Any] = {
+            "version": 1,
+            "name": "rollbacks",
+            "defaults": {"retries": 0, "timeout": "60s", "estimate": "1s"},
+            "settings": {"retry_backoff": "0.05s"},
+            "agents": {
+                "w": {
+                    "capabilities": [],
+                    "capacity": 4,
+                    "runner": {"python": f"{self.module}:work"},
+                }
+            },
+            "phases": phases,
+            **top,
+        }
+        self.plan.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
+
+    def undone(self) -> list[dict[str, Any]]:
+        path = self.dir / "undo.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def run(self) -> tuple[int, Any]:
+        from run_helpers import Collect, quick_options
+
+        seen = Collect()
+        code = start_run(self.plan, self.state, quick_options(), [seen], sync="normal")
+        return code, seen
+
+
+def three_plus_failure(b: Bench, **late: Any) -> None:
+    """Phase p1: a, then b (needs a); c on its own; late (needs b) fails with
+    on_failure rollback_phase. Phase p2: e."""
+    b.write(
+        [
+            {
+                "id": "p1",
+                "milestones": [
+                    {
+                        "id": "m1",
+                        "tasks": [
+                            b.task("a", writes=["net.a"]),
+                            b.task("b", needs=["a"], writes=["net.b"]),
+                            b.task("c", writes=["net.c"]),
+                            b.task(
+                                "late",
+                                needs=["b"],
+                                inputs={"fail": True, **late},
+                                on_failure="rollback_phase",
+                            ),
+                        ],
+                    }
+                ],
+            },
+            {"id": "p2", "milestones": [{"id": "m2", "tasks": [b.task("e")]}]},
+        ]
+    )
+
+
+def test_a_failed_task_rolls_back_its_phase_in_reverse_order_once_each(tmp_path: Path) -> None:
+    b = Bench(tmp_path)
+    three_plus_failure(b)
+    code, seen = b.run()
+    assert code == 1
+    undone = b.undone()
+    assert sorted(u["task"] for u in undone) == ["a", "b", "c"]  # each exactly once
+    at = {u["task"]: u["t"] for u in undone}
+    assert at["b"] < at["a"]  # b depended on a: b is undone first
+    assert all(u["key"] == f"1:{u['task']}:rollback" for u in undone)
+    assert all(u["rollback"] == {"rollback_id": 1, "attempt": 1} for u in undone)
+    (started,) = seen.kinds("rollback_started")
+    assert (started.data["scope_kind"], started.data["scope"]) == ("phase", "p1")
+    assert started.data["trigger"] == "late failed"
+    (finished,) = seen.kinds("rollback_finished")
+    assert finished.data["status"] == "completed" and finished.data["left_undone"] == []
+    assert set(finished.data["compensated"]) == {"a", "b", "c"}
+    assert {e.task for e in seen.kinds("task_started")} == {"a", "b", "c", "late"}  # not e
+    status = json.loads(cli("status", "--state", b.state, "--json").stdout)
+    assert status["counts"] == {"rolled_back": 3, "failed": 1, "blocked": 1}
+    # the shared state written by a, b and c is gone again
+    state = json.loads(cli("state", "--state", b.state, "--json").stdout)
+    assert state["state"] == {}
+    versions = json.loads(cli("state", "net.a", "--state", b.state, "--json").stdout)
+    assert [v["status"] for v in versions["versions"]] == ["reverted"]
+    report = json.loads(cli("report", "--state", b.state, "--format", "json").stdout)
+    assert report["kpis"]["rollback_success_rate"] == 1.0
+    (rb,) = report["rollbacks"]
+    assert rb["status"] == "completed" and {c["task"] for c in rb["compensations"]} == {
+        "a",
+        "b",
+        "c",
+    }
+
+
+def test_a_compensation_that_keeps_failing_is_escalated_and_reported(tmp_path: Path) -> None:
+    b = Bench(tmp_path)
+    b.write(
+        [
+            {
+                "id": "p1",
+                "milestones": [
+                    {
+                        "id": "m1",
+                        "tasks": [
+                            b.task("a"),
+                            b.task("b", needs=["a"], inputs={"undo_fails": True}, retries=1),
+                            b.task("c"),
+                            b.task(
+                                "late",
+                                needs=["b", "c"],
+                                inputs={"fail": True},
+                                on_failure="rollback_milestone",
+                            ),
+                        ],
+                    }
+                ],
+            }
+        ]
+    )
+    code, seen = b.run()
+    assert code == 1
+    assert [u["task"] for u in b.undone()] == ["c"]  # a waits for b, whose undo failed
+    assert [e.task for e in seen.kinds("compensation_retrying")] == ["b"]
+    (failed,) = seen.kinds("compensation_failed")
+    assert failed.task == "b" and "cannot undo b" in failed.data["error"]
+    (left,) = seen.kinds("compensation_left")
+    assert left.task == "a" and "b could not be undone first" in left.data["reason"]
+    (finished,) = seen.kinds("rollback_finished")
+    assert finished.data["status"] == "failed"
+    assert sorted(finished.data["left_undone"]) == ["a", "b"]
+    opened = [e.data["subject"] for e in seen.kinds("escalation_opened")]
+    assert "rollback:b" in opened
+    report = json.loads(cli("report", "--state", b.state, "--format", "json").stdout)
+    assert report["kpis"]["rollback_success_rate"] == 0.5  # c undone, b not
+    md = cli("report", "--state", b.state).stdout
+    assert "left undone: a, b" in md
+
+
+def test_a_rollback_interrupted_by_kill_goes_on_after_resume(tmp_path: Path) -> None:
+    b = Bench(tmp_path)
+    three_plus_failure(b)
+    spec = yaml.safe_load(b.plan.read_text())
+    spec["phases"][0]["milestones"][0]["tasks"][1]["inputs"]["undo_sleep"] = 30  # b's undo
+    b.plan.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    run = Background(tmp_path, "run", b.plan, "--state", b.state, "--json")
+    try:
+
+        def b_undoing() -> bool:
+            events = [json.loads(x) for x in run.out_path.read_text().splitlines() if x]
+            started = {e.get("task") for e in events if e["event"] == "compensation_started"}
+            return "b" in started and [u["task"] for u in b.undone()] == ["c"]
+
+        wait_for(b_undoing, what="c undone and b's undo running")
+        os.kill(run.pid, signal.SIGKILL)
+        run.proc.wait()
+    finally:
+        run.stop()
+    spec["phases"][0]["milestones"][0]["tasks"][1]["inputs"]["undo_sleep"] = 0.05
+    b.plan.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    code, seen = _resume(b)
+    assert code == 1
+    undone = b.undone()
+    assert sorted(u["task"] for u in undone) == ["a", "b", "c"]  # c not again; b, a once
+    assert [e.task for e in seen.kinds("compensation_started")] == ["b", "a"]
+    (resumed,) = seen.kinds("rollback_resumed")
+    assert resumed.data["rollback_id"] == 1
+    (finished,) = seen.kinds("rollback_finished")
+    assert finished.data["status"] == "completed"
+    assert [e.task for e in seen.kinds("task_started")] == []  # nothing of p1 or p2 ran again
+
+
+def _resume(b: Bench) -> tuple[int, Any]:
+    from run_helpers import Collect, quick_options
+
+    from counterpoint.runtime.session import resume_run
+
+    seen = Collect()
+    code = resume_run(b.state, quick_options(), [seen], allow_changed_plan=True, sync="normal")
+    return code, seen
+
+
+def test_counterpoint_rollback_undoes_a_scope_of_a_finished_run(tmp_path: Path) -> None:
+    b = Bench(tmp_path)
+    b.write(
+        [
+            {
+                "id": "p1",
+                "milestones": [
+                    {"id": "m1", "tasks": [b.task("a"), b.task("b", needs=["a"])]},
+                    {"id": "m2", "tasks": [b.task("c")]},
+                ],
+            }
+        ]
+    )
+    code, _ = b.run()
+    assert code == 0 and b.undone() == []
+    result = cli("rollback", "--milestone", "m1", "--state", b.state, "--json")
+    assert result.code == 1, str(result)  # the run now has rolled-back work
+    assert "resuming it to roll back milestone m1" in result.stderr
+    assert [u["task"] for u in b.undone()] == ["b", "a"]
+    again = cli("rollback", "--milestone", "m1", "--state", b.state, "--quiet")
+    assert again.code == 1 and [u["task"] for u in b.undone()] == ["b", "a"]  # never twice
+    events = [json.loads(x) for x in result.stdout.splitlines()]
+    (started,) = [e for e in events if e["event"] == "rollback_started"]
+    assert started["trigger"] == "operator counterpoint rollback"
+
+
+def test_rollback_explains_bad_input(tmp_path: Path) -> None:
+    b = Bench(tmp_path)
+    b.write([{"id": "p1", "milestones": [{"id": "m1", "tasks": [b.task("a")]}]}])
+    assert b.run()[0] == 0
+    for args, message in (
+        ((), "give exactly one of"),
+        (("--task", "a", "--phase", "p1"), "give exactly one of"),
+        (("--phase", "p9"), "no phase 'p9'; phases: p1"),
+        (("--task", "zz"), "no task 'zz'"),
+    ):
+        result = cli("rollback", *args, "--state", b.state)
+        assert result.code == 2 and message in result.stderr, (args, str(result))
+        assert "Traceback" not in result.output
+    spec = yaml.safe_load(b.plan.read_text())
+    spec["phases"][0]["milestones"][0]["tasks"][0]["rollback"] = {"remote": True}
+    b.plan.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    refused = cli("run", b.plan, "--state", tmp_path / "other")
+    assert refused.code == 2 and "rollback: action cannot be remote yet" in refused.stderr
