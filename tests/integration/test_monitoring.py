@@ -87,7 +87,7 @@ def test_a_stalled_task_alert_fires_while_it_runs_and_resolves_when_it_ends(
     ws = Workspace.create(tmp_path)
     ws.write_plan(
         one_phase(
-            [task("quiet", sleep=2.0), task("other", sleep=0.05)],
+            [task("quiet", sleep=5.0), task("other", sleep=0.05)],  # outlasts the CLI calls
             agents={"w": agent_spec(ws, capacity=2)},
             settings={"status_every": "0.3s", "metrics_every": "0.1s"},
             alerts=[{"name": "busy", "metric": "tasks.running", "op": ">=", "threshold": 1}],

@@ -185,7 +185,7 @@ def test_after_kill_9_and_resume_logs_no_longer_show_the_killed_attempt_as_runni
     ws = Workspace.create(tmp_path)
     ws.write_plan(
         one_phase(
-            [task(f"t{i}", sleep=1.0) for i in range(2)], agents={"w": agent_spec(ws, capacity=2)}
+            [task(f"t{i}", sleep=4.0) for i in range(2)], agents={"w": agent_spec(ws, capacity=2)}
         )
     )
     bg = Background(ws.dir, "run", ws.plan, "--state", ws.state, "--quiet")
