@@ -80,6 +80,7 @@ class _Link:
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.writer = asyncio.create_task(self._write())
         self.closed = False
+        self.shut = asyncio.Event()  # set once close() has sent its close frame
 
     def send(self, text: str) -> None:
         if not self.closed:
@@ -91,6 +92,7 @@ class _Link:
                 await self.conn.send_text(text)
             except Exception:  # the connection died; the reader notices and detaches
                 self.closed = True
+                self.shut.set()
                 return
 
     async def close(self, code: int, reason: str) -> None:
@@ -103,6 +105,14 @@ class _Link:
         self.writer.cancel()
         with contextlib.suppress(Exception):
             await self.conn.close(code, reason)
+        self.shut.set()
+
+    async def closing(self) -> None:
+        """Wait (a moment at most) for a close begun elsewhere to send its close frame, so
+        the connection's handler does not return first and close it with another code."""
+        if self.closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.shut.wait(), DRAIN_TIMEOUT_S + 1.0)
 
 
 @dataclass(eq=False)
@@ -263,6 +273,7 @@ class Hub:
                     break  # replaced by a newer connection, or lost
         finally:
             await self._detach(session, link)
+            await link.closing()
 
     async def _hello(self, agent: str, conn: Connection, text: str) -> Session | None:
         try:
