@@ -24,7 +24,7 @@ from counterpoint.runtime.events import RunEvent, RunObserver
 _DONE = {"task_completed", "task_failed", "task_blocked"}
 _ALERT_STYLE = {"critical": "bold red", "warning": "red", "info": "cyan"}
 _AGENT_NOTES = {
-    "hub_listening": "serving remote agents at {url}",
+    "hub_listening": "serving remote agents at {url}; dashboard at {dashboard}",
     "waiting_for_agents": "waiting for remote agents to connect to {url}: {agents}",
     "agent_connected": "agent {agent} connected",
     "agent_disconnected": "agent {agent} disconnected; waiting for it to reconnect",
@@ -122,6 +122,8 @@ class LiveDisplay(RunObserver):
             self.alerts.pop(int(data.get("alert_id", 0)), None)
         elif kind in _AGENT_NOTES:
             fields = _Missing({k: _text(v) for k, v in data.items()})
+            url = str(data.get("url", "")).replace("ws", "http", 1)  # ws:// and wss://
+            fields["dashboard"] = f"{url}/"
             self.notes.append(_AGENT_NOTES[kind].format_map(fields))
 
     def render(self) -> Group:
