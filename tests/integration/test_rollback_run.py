@@ -282,3 +282,40 @@ def test_rollback_explains_bad_input(tmp_path: Path) -> None:
     b.plan.write_text(yaml.safe_dump(spec), encoding="utf-8")
     refused = cli("run", b.plan, "--state", tmp_path / "other")
     assert refused.code == 2 and "rollback: action cannot be remote yet" in refused.stderr
+
+
+def test_queued_work_of_a_rolled_back_scope_never_starts(tmp_path: Path) -> None:
+    b = Bench(tmp_path)
+    b.write(
+        [
+            {
+                "id": "p1",
+                "milestones": [
+                    {
+                        "id": "m1",
+                        "tasks": [
+                            b.task(
+                                "first",
+                                priority="critical",
+                                inputs={"fail": True},
+                                on_failure="rollback_milestone",
+                            ),
+                            b.task("queued1"),
+                            b.task("queued2"),
+                        ],
+                    },
+                    {"id": "m2", "tasks": [b.task("elsewhere", inputs={"sleep": 0.3})]},
+                ],
+            }
+        ]
+    )
+    spec = yaml.safe_load(b.plan.read_text())
+    spec["agents"]["w"]["capacity"] = 1  # queued1 and queued2 wait in the ready queue
+    b.plan.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    code, seen = b.run()
+    assert code == 1
+    started = [e.task for e in seen.kinds("task_started")]
+    assert "queued1" not in started and "queued2" not in started
+    assert "elsewhere" in started  # another milestone goes on
+    blocked = {e.task: e.data["reason"] for e in seen.kinds("task_blocked")}
+    assert blocked["queued1"].startswith("rolled back (milestone m1: first failed)")

@@ -415,10 +415,13 @@ class Orchestrator(Steering, Undoing):
         cap = self.plan.settings.max_concurrency
         now = time.monotonic()
         for demand, t in self.queue.candidates(now):
+            assert isinstance(demand, Demand)
+            if self.state[t] is not TaskState.READY:  # blocked while queued (a rollback)
+                self.queue.take(demand, t, now)
+                continue
             if cap is not None and len(self.running) >= cap:
                 self.queue.hold_all(now)
                 return
-            assert isinstance(demand, Demand)
             ready = self.resources.ready_at(demand, now)
             if ready > now:
                 if ready != math.inf:
