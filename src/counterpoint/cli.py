@@ -226,6 +226,7 @@ def main() -> None:
         cli_report,
         cli_rollback,
         cli_run,
+        cli_runbook,
         cli_state,
         cli_undo,
     )

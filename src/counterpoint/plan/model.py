@@ -9,6 +9,7 @@ Every key that a plan may contain is declared here; unknown keys are errors
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -364,6 +365,114 @@ class AlertRule(Strict):
     notify: list[Id] = Field(default_factory=list)
 
 
+class _RunbookStepBase(Strict):
+    """What every runbook step has (see docs/rollback.md#runbooks)."""
+
+    id: Id
+    name: str = ""
+    description: str = ""
+    #: A command's or check's time limit; how long an approval or manual step waits.
+    timeout: Duration | None = Field(default=None, gt=0)
+
+    @property
+    def title(self) -> str:
+        return self.name or self.id
+
+
+class _Retried(_RunbookStepBase):
+    #: Further tries after a failure, each after ``retry_delay``.
+    retries: int = Field(default=0, ge=0)
+    retry_delay: Duration = 5.0
+
+
+class RunbookCommandStep(_Retried):
+    """A program run without a shell in the runbook's folder; exit 0 is success."""
+
+    kind: Literal["command"]
+    run: Command
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("run")
+    @classmethod
+    def _runnable(cls, value: Command) -> Command:
+        try:
+            argv = shlex.split(value) if isinstance(value, str) else value
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command: {exc}") from None
+        if not argv or not argv[0]:
+            raise ValueError("the command is empty")
+        return value
+
+
+#: The gate conditions a runbook ``check`` step can use (a metric needs a run).
+RunbookCheck = Annotated[
+    CommandCondition | FileCondition | PythonCondition, Field(discriminator="kind")
+]
+
+
+class RunbookCheckStep(_Retried):
+    """A gate condition (command, file or python) that must pass."""
+
+    kind: Literal["check"]
+    check: RunbookCheck
+
+    @model_validator(mode="after")
+    def _one_timeout(self) -> RunbookCheckStep:
+        if self.timeout is not None and getattr(self.check, "timeout", None) is not None:
+            raise ValueError("give the timeout on the step or in its check, not both")
+        return self
+
+
+class RunbookApprovalStep(_RunbookStepBase):
+    """``count`` of the named ``approvers`` approve (one rejection fails the step)."""
+
+    kind: Literal["approval"]
+    approvers: list[Id] = Field(min_length=1)
+    count: int = Field(default=1, ge=1)
+    instructions: str = ""
+
+    @model_validator(mode="after")
+    def _count_reachable(self) -> RunbookApprovalStep:
+        named = len(set(self.approvers))
+        if self.count > named:
+            raise ValueError(f"count {self.count} is more than the {named} different approvers")
+        return self
+
+
+class RunbookManualStep(_RunbookStepBase):
+    """Work a person does by hand, then confirms (one of ``approvers``)."""
+
+    kind: Literal["manual"]
+    instructions: str = Field(min_length=1)
+    approvers: list[Id] = Field(min_length=1)
+
+
+RunbookStep = Annotated[
+    RunbookCommandStep | RunbookCheckStep | RunbookApprovalStep | RunbookManualStep,
+    Field(discriminator="kind"),
+]
+
+
+class Runbook(Strict):
+    """A named procedure: ordered steps run one after the other, each journaled."""
+
+    description: str = ""
+    steps: list[RunbookStep] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_ids(cls, steps: list[Any]) -> list[Any]:
+        first: dict[str, int] = {}
+        for i, step in enumerate(steps):
+            seen = first.setdefault(step.id, i)
+            if seen != i:
+                raise ValueError(
+                    f"duplicate step id {step.id!r} (steps[{seen}] and steps[{i}]): "
+                    "step ids must be unique in a runbook"
+                )
+        return steps
+
+
 class Task(Strict):
     id: Id
     name: str = ""
@@ -438,6 +547,8 @@ class Plan(Strict):
     shared_state: SharedState = Field(default_factory=SharedState)
     escalation: Escalation = Field(default_factory=Escalation)
     alerts: list[AlertRule] = Field(default_factory=list)
+    #: Named manual procedures, run with ``counterpoint runbook run NAME``.
+    runbooks: dict[Id, Runbook] = Field(default_factory=dict)
     phases: list[Phase] = Field(min_length=1)
     _source: Path | None = PrivateAttr(default=None)
 

@@ -27,6 +27,7 @@ from counterpoint.rollback.errors import (
     UnknownSubject,
 )
 from counterpoint.rollback.hooks import Hook
+from counterpoint.rollback.runbook_journal import runbook_outcomes
 from counterpoint.rollback.strategies import Rollout, rollout
 from counterpoint.rollback.validation import Validation
 from counterpoint.rollback.versions import ConfigVersion, Policy, SetResult
@@ -34,8 +35,10 @@ from counterpoint.store.sqlite import SqliteStore
 
 
 def rollback_outcomes(store: SqliteStore) -> list[dict[str, Any]]:
-    """Configuration and deployment rollbacks together, oldest first (see each module's)."""
+    """Configuration and deployment rollbacks and runbook executions together, oldest first
+    (see each module's)."""
     found = _config.rollback_outcomes(store) + _deploy.rollback_outcomes(store)
+    found += runbook_outcomes(store)
     return sorted(found, key=lambda o: o["started"] or 0.0)
 
 
@@ -58,4 +61,5 @@ __all__ = [
     "Validation",
     "rollback_outcomes",
     "rollout",
+    "runbook_outcomes",
 ]

@@ -51,8 +51,11 @@ def default_state_dir(plan_path: Path) -> Path:
 
 
 def fingerprint(plan: Plan) -> tuple[str, str]:
-    """(sha256 of the plan's normalised content, that content as JSON)."""
-    text = plan.model_dump_json(by_alias=True)
+    """(sha256 of the plan's normalised content, that content as JSON).
+
+    Keys left at their defaults are not part of it, so a release that adds a key with a
+    default does not make every journaled plan look changed."""
+    text = plan.model_dump_json(by_alias=True, exclude_defaults=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
 
 
