@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import yaml
-from run_helpers import Background, cli, wait_for
+from run_helpers import PY, Background, cli, wait_for
 
 from counterpoint.runtime.session import start_run
 
@@ -281,7 +282,9 @@ def test_rollback_explains_bad_input(tmp_path: Path) -> None:
     spec["phases"][0]["milestones"][0]["tasks"][0]["rollback"] = {"remote": True}
     b.plan.write_text(yaml.safe_dump(spec), encoding="utf-8")
     refused = cli("run", b.plan, "--state", tmp_path / "other")
-    assert refused.code == 2 and "rollback: action cannot be remote yet" in refused.stderr
+    assert refused.code == 2, str(refused)
+    assert "a remote rollback: action goes back to the remote agent" in refused.stderr
+    assert "'w' could run it locally" in refused.stderr
 
 
 def test_queued_work_of_a_rolled_back_scope_never_starts(tmp_path: Path) -> None:
@@ -319,3 +322,127 @@ def test_queued_work_of_a_rolled_back_scope_never_starts(tmp_path: Path) -> None
     assert "elsewhere" in started  # another milestone goes on
     blocked = {e.task: e.data["reason"] for e in seen.kinds("task_blocked")}
     assert blocked["queued1"].startswith("rolled back (milestone m1: first failed)")
+
+
+def test_the_action_registered_when_the_task_started_is_the_one_that_undoes_it(
+    tmp_path: Path,
+) -> None:
+    b = Bench(tmp_path)
+    b.write([{"id": "p1", "milestones": [{"id": "m1", "tasks": [b.task("a"), b.task("b")]}]}])
+    assert b.run()[0] == 0
+    rows = sqlite3.connect(b.state / "state.db").execute(
+        "SELECT task, attempt, action FROM rollback_actions ORDER BY task"
+    )
+    assert [(t, n, json.loads(a)) for t, n, a in rows] == [
+        ("a", 1, {"python": f"{b.module}:undo"}),
+        ("b", 1, {"python": f"{b.module}:undo"}),
+    ]
+    spec = yaml.safe_load(b.plan.read_text())
+    del spec["phases"][0]["milestones"][0]["tasks"][0]["rollback"]  # a's action removed since
+    b.plan.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    assert cli("resume", "--state", b.state, "--allow-changed-plan", "--quiet").code == 0
+    result = cli("rollback", "--task", "a", "--state", b.state, "--quiet")
+    assert result.code == 1, str(result)
+    assert [u["task"] for u in b.undone()] == ["a"]  # by the action registered at its start
+
+
+REMOTE_WORK = """
+import json, os, sys, time
+record = {"task": os.environ["COUNTERPOINT_TASK_ID"], "attempt": os.environ["COUNTERPOINT_ATTEMPT"],
+          "rollback": os.environ.get("COUNTERPOINT_ROLLBACK", ""),
+          "key": os.environ["COUNTERPOINT_IDEMPOTENCY_KEY"]}
+with open(sys.argv[1], "a") as f:
+    f.write(json.dumps(record) + "\\n")
+sys.exit(1 if record["task"] == "late" and not record["rollback"] else 0)
+"""
+
+
+def test_a_remote_rollback_action_goes_back_to_the_agent_that_ran_the_task(
+    tmp_path: Path,
+) -> None:
+    from counterpoint.net.tokens import TokenStore
+
+    script = tmp_path / "remote_work.py"
+    script.write_text(REMOTE_WORK, encoding="utf-8")
+    records = tmp_path / "remote.jsonl"
+    plan = {
+        "version": 1,
+        "name": "remote-rollback",
+        "defaults": {"retries": 0, "timeout": "60s", "estimate": "1s"},
+        "agents": {"far": {"capabilities": ["x"], "runner": {"remote": True}}},
+        "phases": [
+            {
+                "id": "p1",
+                "milestones": [
+                    {
+                        "id": "m1",
+                        "tasks": [
+                            {"id": "a", "requires": ["x"], "rollback": {"remote": True}},
+                            {
+                                "id": "late",
+                                "requires": ["x"],
+                                "needs": ["a"],
+                                "on_failure": "rollback_milestone",
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan), encoding="utf-8")
+    state = tmp_path / "state"
+    token = TokenStore(state).create("far")
+    run = Background(
+        tmp_path,
+        "run",
+        tmp_path / "plan.yaml",
+        "--state",
+        state,
+        "--serve",
+        "--port",
+        "0",
+        "--json",
+    )
+    agent = None
+    try:
+
+        def url() -> str | None:
+            for line in run.out_path.read_text().splitlines():
+                event = json.loads(line)
+                if event["event"] == "hub_listening":
+                    return str(event["url"])
+            return None
+
+        address = wait_for(url, what="the hub to listen")
+        agent = Background(
+            tmp_path,
+            "agent",
+            "--connect",
+            address,
+            "--id",
+            "far",
+            "--token",
+            token,
+            "--capabilities",
+            "x",
+            "--state",
+            tmp_path / "agent-far",
+            "--once",
+            "--",
+            PY,
+            str(script),
+            str(records),
+        )
+        result = run.wait(timeout=60)
+    finally:
+        run.stop()
+        if agent is not None:
+            agent.stop()
+    assert result.code == 1, str(result)
+    seen = [json.loads(line) for line in records.read_text().splitlines()]
+    assert [(r["task"], r["rollback"]) for r in seen] == [("a", ""), ("late", ""), ("a", "1")]
+    assert seen[-1]["key"] == "1:a:rollback" and seen[-1]["attempt"] == "1001"
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    (finished,) = [e for e in events if e["event"] == "rollback_finished"]
+    assert finished["status"] == "completed" and finished["compensated"] == ["a"]

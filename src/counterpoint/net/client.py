@@ -372,6 +372,7 @@ class AgentClient:
             time_scale=float(payload.get("time_scale", 1.0)),
             estimate_s=float(spec.get("estimate_s", 0.0)),
             on_progress=self._status,
+            rollback=rollback if isinstance(rollback := payload.get("rollback"), dict) else None,
         )
 
     def _status(self, task_id: str, progress: float, note: str) -> None:

@@ -20,6 +20,7 @@ the rollback's report says.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,14 @@ CREATE TABLE IF NOT EXISTS rollbacks (
     finished REAL,
     PRIMARY KEY (run_id, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollback_actions (
+    run_id INTEGER NOT NULL,
+    task TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    agent TEXT,
+    PRIMARY KEY (run_id, task, attempt)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS compensations (
     run_id INTEGER NOT NULL,
     rollback_id INTEGER NOT NULL,
@@ -56,6 +65,9 @@ _UPSERT_ROLLBACK = "INSERT OR REPLACE INTO rollbacks VALUES (?, ?, ?, ?, ?, ?, ?
 _UPSERT_COMPENSATION = "INSERT OR REPLACE INTO compensations VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 SCOPES = ("task", "milestone", "phase", "run")
+#: A compensation sent to a remote agent carries attempt ``WIRE_ATTEMPT * rollback id +
+#: its attempt`` on the wire, never the number of one of the task's own attempts.
+WIRE_ATTEMPT = 1000
 #: Compensation statuses: ``pending`` (waits its turn), ``running``, ``retrying``, ``done``,
 #: ``failed`` (retries used up), ``left`` (not run: one it had to wait for failed),
 #: ``none`` (the task has no rollback action: nothing to undo), ``already`` (an earlier
@@ -165,6 +177,23 @@ class RollbackJournal:
         self.g = graph
         self.wall = wall
         store.ensure_schema(SCHEMA)
+
+    def register(self, task: str, attempt: int, action: dict[str, Any], agent: str | None) -> None:
+        """Journal the rollback action of an attempt about to start (before it starts),
+        and the agent it runs on (a remote action goes back to that agent)."""
+        self.store.write(
+            "INSERT OR REPLACE INTO rollback_actions VALUES (?, ?, ?, ?, ?)",
+            (self.run_id, task, attempt, json.dumps(action, sort_keys=True), agent),
+        )
+
+    def registered(self, task: str) -> tuple[dict[str, Any], str | None] | None:
+        """The rollback action registered for the task's latest attempt and its agent."""
+        rows = self.store.query(
+            "SELECT action, agent FROM rollback_actions WHERE run_id = ? AND task = ? "
+            "ORDER BY attempt DESC LIMIT 1",
+            (self.run_id, task),
+        )
+        return (json.loads(rows[0][0]), rows[0][1]) if rows else None
 
     def next_id(self) -> int:
         rows = self.store.query(

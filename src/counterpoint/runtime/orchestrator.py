@@ -468,6 +468,11 @@ class Orchestrator(Steering, Undoing):
             "running",
         )
         self._save(t)
+        rollback = self.g.tasks[t].rollback
+        if rollback is not None:  # journaled with the attempt, before the task runs
+            self.rollback_journal.register(
+                ctx.task_id, ctx.attempt, rollback.model_dump(exclude_defaults=True), ctx.agent
+            )
         self.emit("task_started", t, agent=ctx.agent, attempt=ctx.attempt)
         self.bus.started(ctx.task_id, ctx.sender)
         self.running[t] = asyncio.create_task(self._execute(t, ctx))

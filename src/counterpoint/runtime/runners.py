@@ -68,10 +68,18 @@ class Runners:
             if t.rollback is None:
                 continue
             if t.rollback.remote:
-                raise NotSupportedError(
-                    f"task {t.id!r}: a rollback: action cannot be remote yet; give it a "
-                    "python or shell runner"
-                )
+                local = [
+                    name
+                    for name, a in plan.agents.items()
+                    if set(t.requires) <= set(a.capabilities) and a.capacity > 0 and not a.remote
+                ]
+                if local or t.run is not None:
+                    raise NotSupportedError(
+                        f"task {t.id!r}: a remote rollback: action goes back to the remote "
+                        f"agent that ran the task, but {(local or ['its own run:'])[0]!r} "
+                        "could run it locally; give it a python or shell rollback"
+                    )
+                continue
             self.rollback_by_task[t.id] = build_runner(t.rollback, plan_dir, kill_grace_s)
         self._check_every_task_has_one(plan)
 

@@ -19,6 +19,7 @@ from counterpoint.plan.graph import Graph, NodeKind
 from counterpoint.plan.model import Plan
 from counterpoint.runtime.compensation import (
     FINAL,
+    WIRE_ATTEMPT,
     Compensation,
     Rollback,
     RollbackJournal,
@@ -138,7 +139,10 @@ class Undoing:
         return rb
 
     def _add_compensation(self, rb: Rollback, t: int) -> None:
-        has_action = self.g.tasks[t].rollback is not None
+        has_action = (
+            self.g.tasks[t].rollback is not None
+            or self.rollback_journal.registered(self.g.task_ids[t]) is not None
+        )
         status = "pending" if has_action else "none"
         if has_action and self._undone_before(t):
             status = "already"  # compensated by an earlier rollback: never twice
@@ -235,9 +239,10 @@ class Undoing:
         ended = _Ended(rid, t, attempt, None)
         timeout = self.plan.effective(task).timeout_s * self.options.time_scale
         try:
-            agent = self._agent_name(t)
-            runner = self.runners.rollback_by_task[task.id]
-            ctx = self._compensation_context(rid, t, attempt, agent)
+            runner, agent = self._compensation_runner(task.id)
+            ctx = self._compensation_context(rid, t, attempt, agent or self._agent_name(t))
+            if agent is not None and task.rollback is not None and task.rollback.remote:
+                ctx.attempt = WIRE_ATTEMPT * rid + attempt  # never one of the task's own
             async with asyncio.timeout(timeout if timeout > 0 else None):
                 ended.result = await runner(ctx)
         except TaskFailed as exc:
@@ -250,6 +255,31 @@ class Undoing:
             ended.error = f"{type(exc).__name__}: {exc}"
         self.comp_ended.append(ended)
         self.wake.set()
+
+    def _compensation_runner(self, tid: str) -> tuple[Any, str | None]:
+        """The action registered when the task's completed attempt started (the plan's,
+        unless a resume with --allow-changed-plan changed it since), and the agent a
+        remote action goes to."""
+        from counterpoint.plan.model import Runner as RunnerSpec
+        from counterpoint.runtime.runners import build_runner
+
+        registered = self.rollback_journal.registered(tid)
+        spec = self.g.tasks[self.g.index[tid]].rollback
+        if registered is None:
+            if spec is None:
+                raise TaskFailed(f"task {tid!r} has no rollback action")
+            action, agent = spec, None
+        else:
+            action, agent = RunnerSpec.model_validate(registered[0]), registered[1]
+        if action.remote:
+            runner = self.runners.by_agent.get(agent or "")
+            if runner is None:
+                raise TaskFailed(f"task {tid!r}: no remote agent to send its rollback to")
+            return runner, agent
+        planned = self.runners.rollback_by_task.get(tid)
+        if planned is not None and spec is not None and action == spec:
+            return planned, agent
+        return build_runner(action, self.plan_dir, self.options.kill_grace_s), agent
 
     def _compensation_context(
         self, rid: int, t: int, attempt: int, agent: str | None
