@@ -73,6 +73,11 @@ class _Live(Collector):
                 "queue_oldest_wait_s",
                 "How long the oldest ready task has waited",
             ),
+            (
+                "counterpoint_rollback_success_ratio",
+                "rollback_success_rate",
+                "Rollbacks that did their job over those that ended (as of the last sample)",
+            ),
             ("counterpoint_queue_depth", "queue", "Ready tasks waiting for an agent or resources"),
             ("counterpoint_tasks_waiting", "waiting", "Ready tasks held back by the shared state"),
             ("counterpoint_tasks_running", "running", "Attempts running now"),

@@ -142,6 +142,10 @@ def test_a_failed_task_rolls_back_its_phase_in_reverse_order_once_each(tmp_path:
     assert state["state"] == {}
     versions = json.loads(cli("state", "net.a", "--state", b.state, "--json").stdout)
     assert [v["status"] for v in versions["versions"]] == ["reverted"]
+    metrics = json.loads(cli("metrics", "--state", b.state, "--json").stdout)
+    last = metrics["samples"][-1]["values"]
+    assert (last["compensations.done"], last["rollbacks.total"]) == (3, 1)
+    assert last["rollbacks.success_rate"] == 1 and last["tasks.rolled_back"] == 3
     report = json.loads(cli("report", "--state", b.state, "--format", "json").stdout)
     assert report["kpis"]["rollback_success_rate"] == 1.0
     (rb,) = report["rollbacks"]
@@ -192,6 +196,10 @@ def test_a_compensation_that_keeps_failing_is_escalated_and_reported(tmp_path: P
     assert "rollback:b" in opened
     report = json.loads(cli("report", "--state", b.state, "--format", "json").stdout)
     assert report["kpis"]["rollback_success_rate"] == 0.5  # c undone, b not
+    metrics = json.loads(
+        cli("metrics", "rollbacks.success_rate", "--state", b.state, "--json").stdout
+    )
+    assert metrics["samples"][-1]["values"] == {"rollbacks.success_rate": 0.5}
     md = cli("report", "--state", b.state).stdout
     assert "left undone: a, b" in md
 

@@ -55,6 +55,10 @@ RUN_METRICS: dict[str, str] = {
     "rollbacks.running": "rollbacks going on now",
     "compensations.done": "compensations (rollback: actions) that undid their task",
     "compensations.failed": "compensations that failed after their retries",
+    "rollbacks.success_rate": (
+        "rollbacks that did their job over those that ended: compensations, and the state "
+        "directory's configuration, deployment and runbook rollbacks (1 when none ended)"
+    ),
     "run.elapsed_s": "seconds since the run (or its resume) started",
 }
 

@@ -264,6 +264,7 @@ class Orchestrator(Steering, Undoing):
                 if k.startswith("messages.") and k != "messages.total"
             },
             "resources": self.resources.in_use(),
+            "rollback_success_rate": self.sampler.last.get("rollbacks.success_rate", 1.0),
         }
 
     def emit(self, kind: str, task: int | None = None, **data: Any) -> None:

@@ -216,9 +216,20 @@ class MetricSampler(RunObserver):
         statuses = Counter(c.status for rb in rollbacks for c in rb.comps.values())
         out["compensations.done"] = float(statuses.get("done", 0))
         out["compensations.failed"] = float(statuses.get("failed", 0))
+        out["rollbacks.success_rate"] = self._rollback_rate(statuses)
         self._phases(orch, out)
         out["alerts.firing"] = 0.0  # set once the alert rules saw the sample
         return out
+
+    def _rollback_rate(self, statuses: Counter[str]) -> float:
+        """Successful rollbacks over ended ones: the run's compensations and the state
+        directory's configuration, deployment and runbook rollbacks (1 when none ended)."""
+        from counterpoint.rollback import rollback_outcomes
+
+        others = rollback_outcomes(self.store)
+        ok = statuses.get("done", 0) + sum(1 for o in others if o["ok"])
+        ended = statuses.get("done", 0) + statuses.get("failed", 0) + len(others)
+        return round(ok / ended, 6) if ended else 1.0
 
     def _agents(self, orch: Orchestrator, out: dict[str, float]) -> None:
         pool = orch.agents
