@@ -11,8 +11,8 @@ from __future__ import annotations
 import getpass
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from counterpoint.cli import EXIT_CANCELLED, EXIT_FAILED, cli, err, fail, out
-from counterpoint.cli_run import state_dir_of, state_option
+from counterpoint.cli_run import journal, state_dir_of, state_option
 from counterpoint.durations import DurationError, parse_duration
 from counterpoint.errors import CounterpointError
 from counterpoint.rollback import (
@@ -42,7 +42,7 @@ from counterpoint.rollback import (
 )
 from counterpoint.rollback.strategies import plan
 from counterpoint.rollback.values import apply, canonical, lookup, parse_assignment, parse_key
-from counterpoint.store.sqlite import DB_NAME, SqliteStore
+from counterpoint.store.sqlite import SqliteStore
 
 
 def _author(name: str | None) -> str:
@@ -76,22 +76,11 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
-@contextmanager
-def _journal(state: str | None, *, create: bool, what: str) -> Iterator[SqliteStore]:
-    """The state directory's store; problems become ``error:`` lines (exit 2)."""
+def _journal(state: str | None, *, create: bool, what: str) -> AbstractContextManager[SqliteStore]:
     directory = state_dir_of(state)
-    if not create and not (directory / DB_NAME).exists():
-        fail(f"no {what} in {directory} (nothing was recorded there)")
-    try:
-        store = SqliteStore(directory)
-    except CounterpointError as exc:
-        fail(str(exc))
-    try:
-        yield store
-    except CounterpointError as exc:
-        fail(str(exc))
-    finally:
-        store.close()
+    return journal(
+        directory, create=create, missing=f"no {what} in {directory} (nothing was recorded there)"
+    )
 
 
 # -- config --------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,28 @@ from counterpoint.runtime.session import (
     start_run,
     stored_options,
 )
-from counterpoint.store.sqlite import RunRecord, SqliteStore
+from counterpoint.store.sqlite import DB_NAME, RunRecord, SqliteStore
 from counterpoint.views import problems_text
 
 STATE_HELP = "State directory (default: .counterpoint next to the plan, or in the current folder)."
+
+
+@contextmanager
+def journal(directory: Path, *, create: bool, missing: str) -> Iterator[SqliteStore]:
+    """The state directory's store for a command; ``missing`` is the error when it has
+    no journal and ``create`` is off. Problems become ``error:`` lines (exit 2)."""
+    if not create and not (directory / DB_NAME).exists():
+        fail(missing)
+    try:
+        store = SqliteStore(directory)
+    except CounterpointError as exc:
+        fail(str(exc))
+    try:
+        yield store
+    except CounterpointError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
 
 
 def state_option(func: Any) -> Any:

@@ -11,8 +11,7 @@ import getpass
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,7 +22,7 @@ from rich.table import Table
 
 from counterpoint import views
 from counterpoint.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID, cli, err, fail, out
-from counterpoint.cli_run import state_dir_of, state_option
+from counterpoint.cli_run import journal, state_dir_of, state_option
 from counterpoint.durations import format_duration
 from counterpoint.errors import CounterpointError, PlanError
 from counterpoint.rollback import locking
@@ -39,7 +38,7 @@ from counterpoint.rollback.runbook_case import read_case, subject
 from counterpoint.rollback.runbook_journal import FAILED, RUNNING, Execution, RunbookJournal
 from counterpoint.rollback.runbook_source import RunbookSource, from_file, from_plan, summary
 from counterpoint.runtime.session import default_state_dir
-from counterpoint.store.sqlite import DB_NAME, SqliteStore
+from counterpoint.store.sqlite import SqliteStore
 
 _MARKS = {"done": "[green]✓[/]", "failed": "[red]✗[/]", "waiting": "[yellow]…[/]"}
 
@@ -92,20 +91,9 @@ def _source(plan: str | None, runbook_file: str | None, *, required: bool) -> Ru
         sys.exit(EXIT_INVALID)
 
 
-@contextmanager
-def _journal(directory: Path, *, create: bool) -> Iterator[SqliteStore]:
-    if not create and not (directory / DB_NAME).exists():
-        fail(f"no runbook was run in {directory} (nothing was recorded there)")
-    try:
-        store = SqliteStore(directory)
-    except CounterpointError as exc:
-        fail(str(exc))
-    try:
-        yield store
-    except CounterpointError as exc:
-        fail(str(exc))
-    finally:
-        store.close()
+def _journal(directory: Path, *, create: bool) -> AbstractContextManager[SqliteStore]:
+    missing = f"no runbook was run in {directory} (nothing was recorded there)"
+    return journal(directory, create=create, missing=missing)
 
 
 @cli.group()

@@ -32,6 +32,7 @@ from typing import Any
 
 from counterpoint.agents.base import RateLimited, TaskContext, TaskFailed
 from counterpoint.plan.model import Runner
+from counterpoint.processes import signal_group
 
 RATE_LIMITED_EXIT = 75  # EX_TEMPFAIL: the command says "rate limited"
 KILL_GRACE_S = 5.0
@@ -219,14 +220,14 @@ class ShellRunner:
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the group, give the leader ``kill_grace_s`` to exit, then SIGKILL the group."""
-        _signal_group(proc.pid, signal.SIGTERM)
+        signal_group(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), self.kill_grace_s)
         except TimeoutError:
             pass
         finally:
             # Also reaches members that outlived the leader or ignore SIGTERM.
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             with suppress(ProcessLookupError):
                 proc.kill()  # the leader, should it have left its group
             await proc.wait()
@@ -284,13 +285,7 @@ def progress_line(line: bytes) -> tuple[float, str] | None:
 def kill_all() -> None:
     """SIGKILL the process group of every running shell task at once (a forced stop)."""
     for pgid in list(_LIVE_GROUPS):
-        _signal_group(pgid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    """Send ``sig`` to a process group that may already be gone."""
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+        signal_group(pgid, signal.SIGKILL)
 
 
 def _outcome(code: int, files: _Files) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from typing import IO, Any
 
 from counterpoint.agents.python import load_callable
 from counterpoint.errors import CounterpointError
+from counterpoint.processes import signal_group
 from counterpoint.rollback.errors import Refused
 
 KILL_GRACE_S = 2.0
@@ -231,21 +232,16 @@ def _execute(
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the hook's process group, then SIGKILL it after a grace period."""
-    _signal_group(proc.pid, signal.SIGTERM)
+    signal_group(proc.pid, signal.SIGTERM)
     try:
         proc.wait(KILL_GRACE_S)
     except subprocess.TimeoutExpired:
         pass
     finally:
-        _signal_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL)
         with suppress(ProcessLookupError):
             proc.kill()
         proc.wait()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 def _tail(stream: IO[bytes]) -> str:

@@ -18,7 +18,6 @@ import shlex
 import signal
 import tempfile
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +31,7 @@ from counterpoint.plan.model import (
     RunbookCheckStep,
     RunbookManualStep,
 )
+from counterpoint.processes import signal_group, stop_group
 from counterpoint.rollback.runbook_journal import OUTPUT_CHARS
 from counterpoint.runtime.gates import (
     COMMAND_TIMEOUT_S,
@@ -130,11 +130,11 @@ async def run_command(
         try:
             code = await asyncio.wait_for(proc.wait(), timeout_s)
         except TimeoutError:
-            await _stop(proc)
+            await stop_group(proc, KILL_GRACE_S)
             limit = format_duration(timeout_s)
             return StepOutcome(False, f"no answer within {limit}: stopped", _read(output))
         except asyncio.CancelledError:
-            await _stop(proc)
+            await stop_group(proc, KILL_GRACE_S)
             raise
         text = _read(output)
     if code == 0:
@@ -211,32 +211,13 @@ async def stop_leftover(pid: int, ctx: StepContext) -> bool:
         return False
     if f"COUNTERPOINT_IDEMPOTENCY_KEY={ctx.idempotency_key}".encode() not in environ:
         return False
-    _signal_group(pid, signal.SIGTERM)
+    signal_group(pid, signal.SIGTERM)
     for _ in range(int(KILL_GRACE_S / 0.05)):
         if not _alive(pid):
             return True
         await asyncio.sleep(0.05)
-    _signal_group(pid, signal.SIGKILL)
+    signal_group(pid, signal.SIGKILL)
     return True
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the command's process group, SIGKILL it after a grace period."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
-    except TimeoutError:
-        pass
-    finally:
-        _signal_group(proc.pid, signal.SIGKILL)
-        with suppress(ProcessLookupError):
-            proc.kill()
-        await asyncio.shield(proc.wait())
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 def _alive(pid: int) -> bool:

@@ -42,14 +42,12 @@ import math
 import os
 import random
 import shlex
-import signal
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Coroutine
-from contextlib import suppress
 from dataclasses import dataclass
 from email.message import Message as HttpHeaders
 from pathlib import Path
@@ -57,6 +55,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from counterpoint.messaging.protocol import Content, Message, MessageType, Severity, now
 from counterpoint.plan.model import Escalation, EscalationLevel, Notifier
+from counterpoint.processes import stop_group
 
 if TYPE_CHECKING:
     from counterpoint.store.sqlite import SqliteStore
@@ -774,12 +773,12 @@ class Escalator:
         try:
             return await asyncio.wait_for(proc.wait(), self.policy.command_timeout_s)
         except TimeoutError:
-            await _stop(proc, self.policy.kill_grace_s)
+            await stop_group(proc, self.policy.kill_grace_s)
             limit = self.policy.command_timeout_s
             self._failed(notice, "command", target, f"timed out after {limit:g} s")
             return None
         except asyncio.CancelledError:
-            await _stop(proc, self.policy.kill_grace_s)
+            await stop_group(proc, self.policy.kill_grace_s)
             self._failed(notice, "command", target, "stopped at shutdown")
             raise
 
@@ -869,25 +868,6 @@ def _command_env(notice: _Notice, run_id: int) -> dict[str, str]:
         "COUNTERPOINT_ESCALATION_LEVEL": notice.level_name,
         "COUNTERPOINT_ESCALATION_CONTACT": notice.contact,
     }
-
-
-async def _stop(proc: asyncio.subprocess.Process, grace_s: float) -> None:
-    """SIGTERM the command's process group, then SIGKILL it after ``grace_s``."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), grace_s)
-    except TimeoutError:
-        pass
-    finally:
-        _signal_group(proc.pid, signal.SIGKILL)
-        with suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 def _tail(stream: IO[bytes]) -> str:
