@@ -454,3 +454,33 @@ def test_a_remote_rollback_action_goes_back_to_the_agent_that_ran_the_task(
     events = [json.loads(line) for line in result.stdout.splitlines()]
     (finished,) = [e for e in events if e["event"] == "rollback_finished"]
     assert finished["status"] == "completed" and finished["compensated"] == ["a"]
+
+
+def test_a_gate_waiting_inside_a_rolled_back_scope_stops_waiting(tmp_path: Path) -> None:
+    b = Bench(tmp_path)
+    approval = {"conditions": [{"kind": "approval", "approvers": ["lead"]}]}
+    b.write(
+        [
+            {
+                "id": "p1",
+                "milestones": [
+                    {"id": "m1", "exit_gate": approval, "tasks": [b.task("a")]},
+                    {
+                        "id": "m2",
+                        "tasks": [
+                            b.task(
+                                "slow",
+                                inputs={"sleep": 0.5, "fail": True},
+                                on_failure="rollback_phase",
+                            )
+                        ],
+                    },
+                ],
+            }
+        ]
+    )
+    code, seen = b.run()  # without the fix this waits for lead forever (the test times out)
+    assert code == 1
+    (abandoned,) = seen.kinds("gate_abandoned")
+    assert abandoned.data == {"gate": "m1.exit", "reason": "its scope was rolled back"}
+    assert [u["task"] for u in b.undone()] == ["a"]

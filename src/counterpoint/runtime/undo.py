@@ -59,6 +59,9 @@ class Undoing:
     agents: AgentPool
     state: list[TaskState]
     running: dict[int, asyncio.Task[None]]
+    gates_running: dict[int, asyncio.Task[None]]
+    gates_waiting: set[int]
+    gate_rechecks: dict[int, float]
     shared: SharedState
     escalator: Escalator
     agent_of: list[int | None]
@@ -84,6 +87,9 @@ class Undoing:
         raise NotImplementedError
 
     def _backoff(self, failures: int) -> float:
+        raise NotImplementedError
+
+    def _gate_of(self, v: int) -> Any:
         raise NotImplementedError
 
     def _agent_name(self, t: int) -> str | None:
@@ -135,8 +141,36 @@ class Undoing:
             compensations=[c.tid for c in rb.comps.values() if c.status == "pending"],
         )
         self._block_after_scope(rb, reason)
+        self._drop_gates(rb)
         self.wake.set()
         return rb
+
+    def _drop_gates(self, rb: Rollback) -> None:
+        """Gates of the scope that wait (for approvals or a recheck) wait no more."""
+        g = self.g
+        nodes: set[int] = set()
+        phases = [p.id for p in self.plan.phases]
+        for m, ms in enumerate(g.milestones):
+            k = g.phase_of_milestone[m]
+            inside = (
+                rb.scope_kind == "run"
+                or (rb.scope_kind == "phase" and phases[k] == rb.scope)
+                or (rb.scope_kind == "milestone" and ms.id == rb.scope)
+            )
+            if inside:
+                base = g.n_tasks + 2 * g.n_phases + 2 * m
+                nodes |= {base, base + 1}
+        for k, pid in enumerate(phases):
+            if rb.scope_kind == "run" or (rb.scope_kind == "phase" and pid == rb.scope):
+                nodes |= {g.n_tasks + 2 * k, g.n_tasks + 2 * k + 1}
+        for v in nodes & set(self.gates_waiting):
+            self.gates_waiting.discard(v)
+            self.gate_rechecks.pop(v, None)
+            site = self._gate_of(v)
+            gate = site.gate_id if site is not None else g.label(v)
+            self.emit("gate_abandoned", None, gate=gate, reason="its scope was rolled back")
+        for v in nodes & set(self.gates_running):
+            self.gates_running[v].cancel()
 
     def _add_compensation(self, rb: Rollback, t: int) -> None:
         has_action = (
