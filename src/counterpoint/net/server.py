@@ -15,6 +15,8 @@ explain them):
 - ``POST /api/cancel``, ``POST /api/conflicts/{id}/resolve``,
   ``POST /api/gates/{gate}/approve`` (``/reject``), ``POST /api/agents/{agent}/state``:
   what operators do (operator token).
+- ``GET``/``POST /git/{agent}/...``: git's smart HTTP protocol on the agent's exchange
+  repository (``workspace: worktree`` remote agents; the agent's own token).
 
 It binds to 127.0.0.1 unless told otherwise, and never lets bad input crash it: a
 request it cannot serve gets a 4xx answer ``{"error": "..."}`` saying why, a frame that
