@@ -7,6 +7,7 @@ failed or blocked tasks; 2 invalid input (plan, arguments); 3 cancelled or inter
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -218,7 +219,26 @@ def schema(output: str | None, messages: bool) -> None:
         fail(f"--output {output}: cannot write: {exc.strerror or exc}")
 
 
+class _LogLine(logging.Formatter):
+    """``warning: MESSAGE``, like the CLI's own messages."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _log_to_stderr() -> None:
+    """The library's warnings (a notifier that failed, an escalation exhausted) as one
+    ``warning:`` line each on standard error, instead of Python's bare last resort."""
+    logger = logging.getLogger("counterpoint")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LogLine())
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
 def main() -> None:
+    _log_to_stderr()
     from counterpoint import (  # noqa: F401 - register their commands
         cli_gates,
         cli_monitor,

@@ -173,6 +173,7 @@ def runbook_run(
 def _quiet_escalation_log() -> None:
     """The events say what the escalation does; its log records would say it twice."""
     logger = logging.getLogger("counterpoint.escalation")
+    logger.propagate = False  # not to the CLI's warning: lines either
     if not logger.handlers:
         logger.addHandler(logging.NullHandler())
 
