@@ -209,14 +209,20 @@ def schema(output: str | None, messages: bool) -> None:
         from counterpoint.plan.jsonschema import plan_json_schema
 
         document = plan_json_schema()
-    text = json.dumps(document, indent=2) + "\n"
+    emit_text(json.dumps(document, indent=2) + "\n", output)
+
+
+def emit_text(text: str, output: str | None) -> bool:
+    """``text`` to standard output, or to the ``--output`` file (exit 2 if it cannot be
+    written); True when it went to the file."""
     if output is None:
         sys.stdout.write(text)
-        return
+        return False
     try:
         Path(output).write_text(text, encoding="utf-8")
     except OSError as exc:
         fail(f"--output {output}: cannot write: {exc.strerror or exc}")
+    return True
 
 
 class _LogLine(logging.Formatter):

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import click
 from rich.markup import escape
 
-from counterpoint.cli import cli, err, fail
+from counterpoint.cli import cli, emit_text, err, fail
 from counterpoint.cli_run import open_latest, state_option
 from counterpoint.report import FORMATS, ReportError, build_report, format_for, parse_time, render
 
@@ -47,12 +44,5 @@ def report(
         fail(str(exc))
     finally:
         store.close()
-    text = render(made, format_for(output, fmt))
-    if output is None:
-        sys.stdout.write(text)
-        return
-    try:
-        Path(output).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        fail(f"--output {output}: cannot write: {exc.strerror or exc}")
-    err.print(f"Report written to {escape(output)}")
+    if emit_text(render(made, format_for(output, fmt)), output):
+        err.print(f"Report written to {escape(str(output))}")
