@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BROWSER_STAMP := $(VENV)/.installed-browser
+RAY_STAMP := $(VENV)/.installed-ray
 EXAMPLE := examples/cloud-migration/plan.yaml
 OUT := demo-out
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -16,14 +17,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# the dashboard's browser tests drive Debian's chromium (Playwright never downloads one)
+# the dashboard's browser tests drive Debian's chromium (Playwright never downloads one);
+# `optimize` (OR-Tools) for `plan --optimal`, whose tests must not skip
 $(BROWSER_STAMP): $(STAMP)
 	@if [ ! -x /usr/bin/chromium ]; then \
 		$(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	fi
-	$(BIN)/python -m pip install --quiet -e '.[test,browser]'
+	$(BIN)/python -m pip install --quiet -e '.[test,browser,optimize]'
 	touch $(BROWSER_STAMP)
+
+# the Ray backend's tests start a local Ray instance (the optional extra `ray`)
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,ray]'
+	touch $(RAY_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/counterpoint check $(EXAMPLE)
@@ -44,16 +51,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) $(BROWSER_STAMP)
+unit: $(STAMP) $(BROWSER_STAMP) $(RAY_STAMP)
 	CI=$${CI:-1} $(BIN)/pytest  # CI set: the browser tests fail, never skip, without chromium
 
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,ray]'
 	$(BIN)/python bench/plan_scale.py
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/hub.py
+	$(BIN)/python bench/ray_scale.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

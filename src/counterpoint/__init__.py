@@ -24,11 +24,13 @@ from counterpoint.runtime.session import (
     set_agent_state,
     start_run,
 )
+from counterpoint.runtime.spawning import ChildOutcome, SpawnError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckReport",
+    "ChildOutcome",
     "CounterpointError",
     "Graph",
     "Plan",
@@ -40,6 +42,7 @@ __all__ = [
     "RunOptions",
     "Schedule",
     "ScheduleError",
+    "SpawnError",
     "TaskContext",
     "TaskFailed",
     "TaskState",

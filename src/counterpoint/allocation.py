@@ -139,6 +139,7 @@ class AgentPool:
         self.offline = [False] * len(self.names)  # remote agents not connected
         self.pools: list[list[int]] = []
         self._pool_ids: dict[frozenset[str], int] = {}
+        self._single: dict[int, int] = {}
 
     def pool_for(self, requires: Sequence[str]) -> int:
         """Index of the list of agents able to run work needing ``requires``, best match first."""
@@ -149,6 +150,14 @@ class AgentPool:
             able.sort(key=lambda a: (len(self.capabilities[a] - key), a))
             found = self._pool_ids[key] = len(self.pools)
             self.pools.append(able)
+        return found
+
+    def single_pool(self, agent: int) -> int:
+        """Index of a pool holding only ``agent`` (contract net: the winner of a call)."""
+        found = self._single.get(agent)
+        if found is None:
+            found = self._single[agent] = len(self.pools)
+            self.pools.append([agent])
         return found
 
     def pick(self, pool: int) -> int | None:

@@ -112,23 +112,73 @@ def _check_json(report: CheckReport) -> dict[str, Any]:
     show_default=True,
     help="Rows of the task table, and tasks per matrix or overlap cell (0 shows everything).",
 )
-def plan(plan: str, as_json: bool, gantt: str | None, limit: int) -> None:
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds the schedule search may take (0: one priority-rule pass, no search).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the schedule search.")
+@click.option(
+    "--optimal",
+    is_flag=True,
+    help="Prove or improve the schedule with OR-Tools CP-SAT within the time limit "
+    "(needs counterpoint[optimize]).",
+)
+@click.option(
+    "--what-if",
+    "what_if",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="Also schedule with another capacity: agents.NAME.capacity=N, "
+    "resources.NAME.capacity=N, resources.NAME.rate=X or settings.max_concurrency=N "
+    "(repeatable; each alone, then all together).",
+)
+def plan(
+    plan: str,
+    as_json: bool,
+    gantt: str | None,
+    limit: int,
+    time_limit: float,
+    seed: int,
+    optimal: bool,
+    what_if: tuple[str, ...],
+) -> None:
     """Analyse PLAN: critical path, slack, parallel matrix, overlaps and a feasible schedule."""
+    from counterpoint.plan import capacity, cpsat
+
     if gantt is not None:
         _check_gantt_suffix(gantt)
+    if optimal and not cpsat.available():
+        fail(f"--optimal needs OR-Tools, which is not installed: {cpsat.INSTALL_HINT}")
     report = _load(plan)
     graph = report.graph
     assert graph is not None
+    try:
+        changes = [capacity.parse_change(graph.plan, text) for text in what_if]
+    except capacity.WhatIfError as exc:
+        fail(f"--what-if {exc}")
     with working("Scheduling"):
         try:
-            sched = schedule(graph)
+            sched = schedule(graph, time_limit=time_limit, seed=seed, optimal=optimal)
         except ScheduleError as exc:
             fail(str(exc))
+        scenarios = capacity.what_if(graph, sched, changes, time_limit=time_limit, seed=seed)
+        neck = capacity.bottleneck(graph, sched, seed=seed)
     path = graph.critical_path()
     if as_json:
-        sys.stdout.write(json.dumps(_plan_json(graph, sched, path)) + "\n")
+        data = _plan_json(graph, sched, path)
+        data.update(views.capacity_json(sched, neck, scenarios, seed, time_limit))
+        sys.stdout.write(json.dumps(data) + "\n")
     else:
         _print_plan(graph, sched, path, limit)
+        views.print_all(
+            out,
+            *views.search_summary(graph, sched, seed, time_limit),
+            views.bottleneck_table(graph, sched, neck),
+            *views.what_if_table(graph, sched, scenarios),
+        )
     if gantt is not None:
         _write_gantt(graph, sched, path, Path(gantt), quiet=as_json)
 
@@ -246,6 +296,7 @@ def _log_to_stderr() -> None:
 def main() -> None:
     _log_to_stderr()
     from counterpoint import (  # noqa: F401 - register their commands
+        cli_coord,
         cli_gates,
         cli_monitor,
         cli_net,
@@ -253,6 +304,7 @@ def main() -> None:
         cli_rollback,
         cli_run,
         cli_runbook,
+        cli_spawn,
         cli_state,
         cli_undo,
     )

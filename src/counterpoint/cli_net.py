@@ -9,6 +9,7 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import click
@@ -24,6 +25,9 @@ from counterpoint.cli_run import (
     sync_option,
 )
 from counterpoint.net.tokens import TokenError, TokenStore
+
+if TYPE_CHECKING:
+    from counterpoint.net.client import AgentConfig
 
 
 @cli.command()
@@ -116,6 +120,17 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
 )
 @click.option("--use-shell", is_flag=True, help="Run COMMAND through /bin/sh -c.")
 @click.option(
+    "--bid",
+    metavar="COMMAND|module:function",
+    help="How it answers calls for proposals (contract net); default: it proposes the "
+    "task's estimate at its load. See docs/coordination.md.",
+)
+@click.option(
+    "--vote",
+    metavar="COMMAND|module:function",
+    help="How it answers ballots (decisions by vote); default: it abstains.",
+)
+@click.option(
     "--backoff-max",
     type=click.FloatRange(min=0.1),
     default=30.0,
@@ -134,6 +149,8 @@ def agent(
     workdir: str,
     agent_state: str,
     use_shell: bool,
+    bid: str | None,
+    vote: str | None,
     backoff_max: float,
     once: bool,
     verbose: bool,
@@ -168,7 +185,10 @@ def agent(
         state_dir=Path(agent_state).resolve(),
         backoff_max_s=backoff_max,
         once=once,
+        bid=bid,
+        vote=vote,
     )
+    _check_responders(config)
     client = AgentClient(config)
 
     async def main() -> None:
@@ -183,6 +203,23 @@ def agent(
         fail(str(exc))
     err.print(f"agent {esc(agent)} stopped")
     sys.exit(EXIT_OK)
+
+
+def _check_responders(config: AgentConfig) -> None:
+    """Import a ``--bid``/``--vote`` Python callable now: a typo fails at once (exit 2)."""
+    from counterpoint.agents.python import load_callable
+    from counterpoint.runtime.canvass import is_python_target
+
+    for option, target in (("--bid", config.bid), ("--vote", config.vote)):
+        if target is None:
+            continue
+        if not target.strip():
+            fail(f"{option} is empty: give a command or module:function")
+        if is_python_target(target):
+            try:
+                load_callable(target, config.workdir)
+            except ImportError as exc:
+                fail(f"{option} {target}: {exc}")
 
 
 @cli.group()

@@ -114,6 +114,38 @@ def serving(serve: bool, host: str | None, port: int | None) -> ServeOptions | N
     return ServeOptions(host or "127.0.0.1", 8765 if port is None else port)
 
 
+def backend_options(func: Any) -> Any:
+    func = click.option(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="The Ray cluster: auto, HOST:PORT or ray://HOST:PORT (implies --backend ray; "
+        "default: settings.ray.address, else a local instance).",
+    )(func)
+    func = click.option(
+        "--backend",
+        type=click.Choice(["local", "ray"]),
+        help="Where Python agents run: in this process, or as Ray actors "
+        "(default: the plan's settings.backend).",
+    )(func)
+    return func
+
+
+def chosen_backend(backend: str | None, ray_address: str | None) -> str | None:
+    """``--backend``, or ``ray`` when only ``--ray-address`` is given; refuses the two
+    together with ``local`` (exit 2)."""
+    if ray_address is not None and backend == "local":
+        fail("--ray-address needs the Ray backend; drop --backend local")
+    if ray_address is not None:
+        from counterpoint.agents.ray_actors import RayUnavailable, check_address
+
+        try:
+            check_address(ray_address)
+        except RayUnavailable as exc:
+            fail(str(exc))
+        return "ray"
+    return backend
+
+
 def output_options(func: Any) -> Any:
     func = click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")(func)
     func = click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")(func)
@@ -133,6 +165,7 @@ def output_options(func: Any) -> Any:
 @click.option("--approve-as", metavar="NAME", help="Approve every approval gate as NAME.")
 @sync_option
 @serve_options
+@backend_options
 @output_options
 def run(
     plan: str,
@@ -143,13 +176,20 @@ def run(
     serve: bool,
     host: str | None,
     port: int | None,
+    backend: str | None,
+    ray_address: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Run PLAN on its agents: every task starts as soon as its own dependencies are done."""
     path = Path(plan)
     directory = Path(state) if state else default_state_dir(path)
-    options = RunOptions(time_scale=time_scale, approve_as=approve_as)
+    options = RunOptions(
+        time_scale=time_scale,
+        approve_as=approve_as,
+        backend=chosen_backend(backend, ray_address),
+        ray_address=ray_address,
+    )
     hub = serving(serve, host, port)
     _execute(
         lambda observers: start_run(path, directory, options, observers, sync=sync, serve=hub),
@@ -165,6 +205,7 @@ def run(
 @sync_option
 @click.option("--retry-failed", is_flag=True, help="Run failed tasks again (and what they block).")
 @serve_options
+@backend_options
 @output_options
 def resume(
     state: str | None,
@@ -174,12 +215,22 @@ def resume(
     serve: bool,
     host: str | None,
     port: int | None,
+    backend: str | None,
+    ray_address: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Continue the latest run after an interruption or a crash; finished work is not redone."""
     resume_latest(
-        state, allow_changed_plan, sync, retry_failed, serving(serve, host, port), quiet, as_json
+        state,
+        allow_changed_plan,
+        sync,
+        retry_failed,
+        serving(serve, host, port),
+        quiet,
+        as_json,
+        backend=chosen_backend(backend, ray_address),
+        ray_address=ray_address,
     )
 
 
@@ -191,6 +242,8 @@ def resume_latest(
     hub: ServeOptions | None,
     quiet: bool,
     as_json: bool,
+    backend: str | None = None,
+    ray_address: str | None = None,
 ) -> None:
     store, record = open_latest(state)
     store.close()
@@ -199,7 +252,10 @@ def resume_latest(
             f"the latest run in {state_dir_of(state)} has completed; start a new one with "
             "`counterpoint run PLAN --serve`"
         )
-    options = stored_options(record, retry_failed=retry_failed)
+    changes: dict[str, Any] = {"retry_failed": retry_failed}
+    if backend is not None:  # otherwise the run keeps its backend
+        changes.update(backend=backend, ray_address=ray_address)
+    options = stored_options(record, **changes)
     directory = state_dir_of(state)
     _execute(
         lambda observers: resume_run(

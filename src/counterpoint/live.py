@@ -58,6 +58,7 @@ class LiveDisplay(RunObserver):
         self.running: dict[str, tuple[str | None, float, float]] = {}
         self.counts = {"completed": 0, "failed": 0, "blocked": 0, "retrying": 0}
         self.phase_of: dict[str, int] = {}
+        self.graph: Graph | None = None
         self.bars = Progress(
             TextColumn("{task.description}", justify="left"),
             BarColumn(),
@@ -81,6 +82,7 @@ class LiveDisplay(RunObserver):
 
     def attach(self, graph: Graph) -> None:
         """A bar per phase, sized by the number of tasks in the phase."""
+        self.graph = graph
         self.phase_of = {graph.task_ids[t]: graph.phase_of_task[t] for t in range(graph.n_tasks)}
         totals = [0] * len(graph.plan.phases)
         for t in range(graph.n_tasks):
@@ -97,7 +99,9 @@ class LiveDisplay(RunObserver):
 
     def _apply(self, event: RunEvent) -> None:
         kind, task, data = event.kind, event.task, event.data
-        if kind == "task_started" and task:
+        if kind in ("task_spawned", "task_dropped") and task:
+            self._spawned(kind, task)
+        elif kind == "task_started" and task:
             self.running[task] = (data.get("agent"), time.monotonic(), 0.0)
         elif kind == "task_progress" and task in self.running:
             agent, since, _ = self.running[task]
@@ -125,6 +129,20 @@ class LiveDisplay(RunObserver):
             url = str(data.get("url", "")).replace("ws", "http", 1)  # ws:// and wss://
             fields["dashboard"] = f"{url}/"
             self.notes.append(_AGENT_NOTES[kind].format_map(fields))
+
+    def _spawned(self, kind: str, task: str) -> None:
+        """A task was spawned (its phase's bar grows) or dropped (it counts as done)."""
+        if kind == "task_dropped":
+            if task in self.phase_of:
+                self.bars.advance(self.bar_ids[self.phase_of[task]])
+            return
+        if self.graph is None:
+            return
+        phase = self.graph.phase_of_task[self.graph.index[task]]
+        self.phase_of[task] = phase
+        bar = self.bar_ids[phase]
+        total = next(b.total for b in self.bars.tasks if b.id == bar) or 0
+        self.bars.update(bar, total=total + 1)
 
     def render(self) -> Group:
         with self.lock:

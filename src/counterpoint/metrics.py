@@ -140,7 +140,9 @@ class RunMetrics(RunObserver):
 
     def on_event(self, event: RunEvent) -> None:
         kind, task, data = event.kind, event.task or "", event.data
-        if kind == "task_started":
+        if kind == "task_spawned":
+            self.phase_of[task] = str(data.get("phase", ""))
+        elif kind == "task_started":
             self.started[task] = event.ts
             self.agent_of[task] = str(data.get("agent") or "")
         elif kind == "task_completed":

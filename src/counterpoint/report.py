@@ -27,10 +27,13 @@ from counterpoint.plan.model import Plan
 from counterpoint.plan.schedule import Schedule, schedule
 from counterpoint.rollback import rollback_outcomes
 from counterpoint.runtime.alerts import read_alerts
+from counterpoint.runtime.canvass import read_questions
 from counterpoint.runtime.compensation import compensation_outcomes, read_rollbacks
 from counterpoint.runtime.escalation import SCHEMA as ESCALATION_SCHEMA
 from counterpoint.runtime.sampling import read_samples, summary
+from counterpoint.runtime.spawning import read_spawned, run_graph
 from counterpoint.runtime.state import read_conflicts
+from counterpoint.runtime.voting import read_decisions
 from counterpoint.store.sqlite import RunRecord, SqliteStore, TaskRecord
 
 FORMATS = ("md", "html", "json")
@@ -210,6 +213,122 @@ def _escalations(
     ]
 
 
+def coordination_of(
+    store: SqliteStore,
+    run_id: int,
+    plan: Plan,
+    since: float | None = None,
+    until: float | None = None,
+) -> dict[str, Any]:
+    """The run's calls for proposals (contract net): per call, the task, every agent's
+    answer (bid, refusal, no answer) with its score, and the winner."""
+    calls = []
+    for q in read_questions(store, run_id, "cfp"):
+        if not _in(q["asked"], since, until):
+            continue
+        outcome = q["outcome"] or {}
+        answers = []
+        for a in q["answers"]:
+            body = a["answer"] or {}
+            answers.append(
+                {
+                    "agent": a["agent"],
+                    "status": a["status"],
+                    "via": a["via"],
+                    "duration_s": body.get("duration_s"),
+                    "cost": body.get("cost"),
+                    "load": body.get("load"),
+                    "score": a["score"],
+                    "reason": body.get("refuse"),
+                    "error": a["error"],
+                }
+            )
+        calls.append(
+            {
+                "call": q["id"],
+                "task": q["subject"],
+                "round": q["round"],
+                "attempt": q["body"].get("attempt"),
+                "asked": q["asked"],
+                "status": q["status"],
+                "agents": q["agents"],
+                "winner": outcome.get("winner"),
+                "score": outcome.get("score"),
+                "answers": answers,
+            }
+        )
+    return {"mode": plan.settings.coordination, "calls": calls}
+
+
+_COORDINATION_HEAD = ["call", "task", "round", "agent", "answer", "duration", "cost", "load"]
+_COORDINATION_HEAD += ["score", "result"]
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _coordination_rows(d: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for c in d.get("coordination", {}).get("calls", []):
+        if not c["answers"]:
+            rows.append([str(c["call"]), c["task"], str(c["round"]), "-", c["status"]] + ["-"] * 5)
+        for a in c["answers"]:
+            if a["agent"] == c["winner"]:
+                result = "won"
+            elif a["status"] == "proposal":
+                result = "rejected" if c["winner"] else (a["error"] or "not chosen")
+            elif a["status"] == "refusal":
+                result = f"refused: {a['reason'] or '-'}"
+            elif a["status"] == "none":
+                result = "no answer"
+            else:
+                result = f"{a['status']}: {a['error'] or '-'}"
+            rows.append(
+                [
+                    str(c["call"]),
+                    c["task"],
+                    str(c["round"]),
+                    a["agent"],
+                    a["status"],
+                    _num(a["duration_s"]),
+                    _num(a["cost"]),
+                    _num(a["load"]),
+                    _num(a["score"]),
+                    result,
+                ]
+            )
+    return rows
+
+
+def _decision_rows(d: dict[str, Any]) -> list[list[str]]:
+    def show(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    rows = []
+    for x in d.get("decisions", []):
+        votes = "; ".join(
+            f"{voter}: {'-' if vote is None else show(vote)}" for voter, vote in x["votes"].items()
+        )
+        by = (x["resolution"] or {}).get("by")
+        if x["status"] in ("decided", "resolved"):
+            result = show(x["result"]) + (f" (by {by})" if by and by != "vote" else "")
+        else:
+            result = x["status"] + (f": {x['reason']}" if x["reason"] else "")
+        rows.append(
+            [
+                str(x["id"]),
+                x["source"],
+                x["question"],
+                ", ".join(show(o) for o in x["options"]),
+                f"{x['quorum']} of {len(x['voters'])}",
+                votes or "-",
+                result,
+            ]
+        )
+    return rows
+
+
 def _sum_usage(into: dict[str, dict[str, float]], key: str, usage: dict[str, Any]) -> None:
     bucket = into.setdefault(key, {})
     for name, value in usage.items():
@@ -229,7 +348,7 @@ def build_report(
     now = time.time() if now is None else now
     try:
         plan = Plan.model_validate_json(store.plan_json(record.id))
-        graph = plan.compile(check=False)
+        graph = run_graph(plan, store, record.id)  # with the tasks the run spawned
     except (ValueError, CounterpointError) as exc:
         raise ReportError(f"the plan of run {record.id} cannot be read: {exc}") from None
     scale = float(record.options.get("time_scale", 1.0) or 1.0)
@@ -293,8 +412,13 @@ def build_report(
         "utilization": {"agents": agents_util, "resources": resources_util},
         "usage": {"by_agent": usage_agent, "by_phase": usage_phase},
         "phases": _phases(plan, graph, tasks, by_task, planned, scale, now),
+        "spawned": _spawned(store, record.id, tasks),
         "conflicts": conflicts,
         "escalations": _escalations(store, record.id, since, until),
+        "coordination": coordination_of(store, record.id, plan, since, until),
+        "decisions": [
+            d for d in read_decisions(store, record.id) if _in(d["created"], since, until)
+        ],
         "gates": _events(store, record.id, "gate_evaluated", since, until),
         "alerts": [
             a.to_json()
@@ -310,6 +434,25 @@ def build_report(
         actual=_actual_chart(plan, graph, attempts, first, now, actual_s),
         planned=_planned_chart(plan, graph, planned, scale) if planned else None,
     )
+
+
+def _spawned(store: SqliteStore, run_id: int, tasks: dict[str, TaskRecord]) -> list[dict[str, Any]]:
+    """The tasks the run's tasks spawned, with their parent and how they ended."""
+    return [
+        {
+            "task": r.task.id,
+            "parent": r.parent,
+            "attempt": r.attempt,
+            "depth": r.depth,
+            "milestone": r.milestone,
+            "state": "dropped"
+            if r.dropped
+            else tasks[r.task.id].state
+            if r.task.id in tasks
+            else "pending",
+        }
+        for r in read_spawned(store, run_id)
+    ]
 
 
 def _completion(
@@ -660,6 +803,26 @@ def _sections(report: Report) -> list[tuple[str, list[Table], str]]:
             "",
         ),
         (
+            "Spawned tasks",
+            [
+                (
+                    ["task", "parent", "attempt", "depth", "milestone", "state"],
+                    [
+                        [
+                            s["task"],
+                            s["parent"],
+                            str(s["attempt"]),
+                            str(s["depth"]),
+                            s["milestone"],
+                            s["state"],
+                        ]
+                        for s in d.get("spawned", [])
+                    ],
+                )
+            ],
+            "no task spawned subtasks",
+        ),
+        (
             "Conflicts",
             [(["id", "key", "tasks", "policy", "status", "winner", "resolved in"], conflict_rows)],
             "no conflicts",
@@ -673,6 +836,21 @@ def _sections(report: Report) -> list[tuple[str, list[Table], str]]:
                 )
             ],
             "no escalations",
+        ),
+        (
+            "Coordination",
+            [(_COORDINATION_HEAD, _coordination_rows(d))],
+            f"no calls for proposals (coordination: {d.get('coordination', {}).get('mode')})",
+        ),
+        (
+            "Decisions",
+            [
+                (
+                    ["id", "asked by", "question", "options", "quorum", "votes", "result"],
+                    _decision_rows(d),
+                )
+            ],
+            "no decisions by vote",
         ),
         ("Gate reports", [(["time", "gate", "status", "conditions"], gate_rows)], "no gates"),
         (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -12,7 +13,10 @@ from rich.text import Text
 from counterpoint.errors import Problem, Severity
 from counterpoint.plan.analysis import MilestoneRow, Overlap
 from counterpoint.plan.graph import Graph
-from counterpoint.plan.schedule import Schedule
+from counterpoint.plan.schedule import CP_SAT, GENETIC, Schedule
+
+if TYPE_CHECKING:
+    from counterpoint.plan.capacity import Bottleneck, Scenario
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow"}
 
@@ -161,3 +165,129 @@ def schedule_summary(graph: Graph, sched: Schedule) -> Text:
 def print_all(console: Console, *renderables: object) -> None:
     for item in renderables:
         console.print(item)
+
+
+_METHODS = {
+    "priority-rule": "one pass of the parallel schedule generation (priority rules)",
+    GENETIC: "the genetic algorithm (serial schedule generation, justification)",
+    CP_SAT: "OR-Tools CP-SAT",
+}
+
+
+def search_summary(graph: Graph, sched: Schedule, seed: int, time_limit: float) -> list[Text]:
+    """The lower bound, whether the schedule is optimal, and how it was found."""
+    days = Clock(max(graph.critical_path_s, sched.makespan_s))
+    bound = Text()
+    bound.append("Lower bound: ", style="bold")
+    bound.append(days(sched.lower_bound_s))
+    if sched.optimal:
+        bound.append(": the schedule is optimal", style="bold green")
+    elif sched.lower_bound_s > 0:
+        gap = sched.makespan_s - sched.lower_bound_s
+        share = 100.0 * gap / sched.lower_bound_s
+        bound.append(f": the schedule is at most {days(gap)} ({share:.1f}%) longer than optimal")
+    how = Text(style="dim")
+    how.append(f"Found by {_METHODS.get(sched.method, sched.method)}")
+    if sched.stopped == "not supported":
+        how.append("; the plan is too large (or too unusual) for the search")
+    elif sched.stopped and not sched.schedules:
+        how.append("; no search was needed (it meets the lower bound)")
+    elif sched.stopped:
+        none = " without finding a shorter one" if sched.method == "priority-rule" else ""
+        how.append(
+            f"; the search made {sched.schedules:,} schedules{none} (time limit "
+            f"{time_limit:g} s, seed {seed}) and stopped: {sched.stopped}"
+        )
+    return [bound, how]
+
+
+def bottleneck_table(
+    graph: Graph, sched: Schedule, neck: Bottleneck, limit: int = 5
+) -> Table | Text:
+    """The agents and resources whose one more unit shortens the schedule most."""
+    days = Clock(max(graph.critical_path_s, sched.makespan_s))
+    if not neck.computed:
+        return Text("Bottleneck: not analysed (the plan is too large)", style="dim")
+    if not neck.reliefs:
+        if sched.makespan_s <= graph.critical_path_s + 1e-6:
+            why = "the schedule already follows the critical path"
+        else:
+            why = "no single extra agent slot or resource unit shortens the schedule"
+        return Text(f"Bottleneck: none ({why})")
+    table = Table(title="Bottleneck: one more unit of capacity would shorten the schedule most")
+    for column in ("kind", "name", "capacity", "makespan", "shorter by"):
+        table.add_column(column, justify="right" if column in ("capacity",) else "left")
+    for r in neck.reliefs[:limit]:
+        table.add_row(
+            r.kind, r.name, f"{r.capacity} -> {r.capacity + 1}", days(r.makespan_s), days(r.saved_s)
+        )
+    return table
+
+
+def what_if_table(graph: Graph, sched: Schedule, scenarios: Sequence[Scenario]) -> list[Table]:
+    """The makespan under each ``--what-if`` beside the current one."""
+    if not scenarios:
+        return []
+    spans = [s.makespan_s for s in scenarios if s.makespan_s is not None]
+    days = Clock(max([graph.critical_path_s, sched.makespan_s, *spans]))
+    table = Table(title="What if: the makespan with other capacities")
+    for column in ("capacities", "makespan", "change", "lower bound"):
+        table.add_column(column)
+    table.add_row("current", days(sched.makespan_s), "-", days(sched.lower_bound_s))
+    for s in scenarios:
+        label = ", ".join(c.text for c in s.changes)
+        if s.makespan_s is None:
+            table.add_row(label, Text("no schedule", style="bold red"), escape(s.error), "-")
+            continue
+        delta = s.makespan_s - sched.makespan_s
+        change = "same" if abs(delta) <= 1e-6 else f"{'+' if delta > 0 else '-'}{days(abs(delta))}"
+        style = "green" if delta < -1e-6 else "red" if delta > 1e-6 else ""
+        bound = days(s.lower_bound_s) if s.lower_bound_s is not None else "-"
+        table.add_row(
+            label,
+            days(s.makespan_s) + (" (optimal)" if s.optimal else ""),
+            Text(change, style=style),
+            bound,
+        )
+    return [table]
+
+
+def capacity_json(
+    sched: Schedule,
+    neck: Bottleneck,
+    scenarios: Sequence[Scenario],
+    seed: int,
+    time_limit: float,
+) -> dict[str, Any]:
+    """The keys ``plan --json`` adds for the schedule's quality and capacity planning."""
+    return {
+        "lower_bound_s": sched.lower_bound_s,
+        "optimal": sched.optimal,
+        "method": sched.method,
+        "search": {
+            "seed": seed,
+            "time_limit_s": time_limit,
+            "schedules": sched.schedules,
+            "stopped": sched.stopped,
+        },
+        "bottleneck": [
+            {
+                "kind": r.kind,
+                "name": r.name,
+                "capacity": r.capacity,
+                "makespan_s": r.makespan_s,
+                "saved_s": r.saved_s,
+            }
+            for r in neck.reliefs
+        ],
+        "what_if": [
+            {
+                "changes": {c.path: c.value for c in s.changes},
+                "makespan_s": s.makespan_s,
+                "lower_bound_s": s.lower_bound_s,
+                "optimal": s.optimal,
+                **({"error": s.error} if s.error else {}),
+            }
+            for s in scenarios
+        ],
+    }

@@ -407,3 +407,33 @@ def test_forward_with_overlap_never_starts_anything_later(k: int) -> None:
     )
     early, _ = graph.forward(overlap_phase=k)
     assert all(x <= y for x, y in zip(early, graph.es, strict=True))
+
+
+def test_spawned_tasks_come_after_the_plans_and_the_barriers_move_up() -> None:
+    from counterpoint.errors import PlanError
+    from counterpoint.plan.graph import NodeKind, SpawnedTask
+    from counterpoint.plan.model import Task
+
+    g = compile_phases(
+        phase("p1", milestone("m1", task("a", 1)), milestone("m2", task("b", 1), after=("m1",)))
+    )
+    end_m1 = g.milestone_end(0)
+    assert end_m1 == 2 + 2 * 1 + 1
+    kids = [
+        SpawnedTask(Task.model_validate({"id": "k1", "estimate": "3h", "needs": ["a"]}), "a", 0, 1),
+        SpawnedTask(
+            Task.model_validate({"id": "k2", "estimate": "1h", "needs": ["k1"]}), "a", 0, 1
+        ),
+    ]
+    g.extend(kids)
+    assert g.task_ids == ["a", "b", "k1", "k2"] and g.n_plan_tasks == 2
+    assert g.milestone_end(0) == end_m1 + 2  # barriers moved up by the two tasks
+    assert g.kind(2) is NodeKind.TASK and g.kind(g.milestone_end(0)) is NodeKind.MILESTONE_END
+    # m1 now ends after a (1h) + k1 (3h) + k2 (1h): m2's b starts at 5h
+    assert es(g) == {"a": 0.0, "b": 5.0, "k1": 1.0, "k2": 4.0}
+    assert g.critical_path() == ["a", "k1", "k2", "b"]
+    # a cycle is refused and changes nothing
+    loop = Task.model_validate({"id": "k3", "needs": ["b"]})  # b waits for m1's end
+    with pytest.raises(PlanError):
+        g.extend([SpawnedTask(loop, "a", 0, 1)])
+    assert g.task_ids == ["a", "b", "k1", "k2"]

@@ -6,6 +6,7 @@ import counterpoint
 
 EXPECTED = {
     "CheckReport",
+    "ChildOutcome",
     "CounterpointError",
     "Graph",
     "Plan",
@@ -17,6 +18,7 @@ EXPECTED = {
     "RunOptions",
     "Schedule",
     "ScheduleError",
+    "SpawnError",
     "TaskContext",
     "TaskFailed",
     "TaskState",

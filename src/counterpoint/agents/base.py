@@ -99,6 +99,12 @@ class TaskContext:
     #: Set when this is the compensation (``rollback:`` action) of a completed task:
     #: ``{"rollback_id": N, "attempt": N}``; also in the payload and the environment.
     rollback: dict[str, Any] | None = None
+    #: Spawns children for this attempt (a :class:`counterpoint.runtime.spawning.SpawnHandle`;
+    #: None where tasks cannot spawn).
+    spawner: Any = None
+    #: Puts decisions to a vote for this attempt (a
+    #: :class:`counterpoint.runtime.coordination.DecisionHandle`; None where it cannot).
+    decider: Any = None
 
     @property
     def task_id(self) -> str:
@@ -176,6 +182,73 @@ class TaskContext:
         if self.bus is None:
             raise TaskFailed("this task runs without a message bus")
         return self.bus
+
+    def spawn(self, tasks: dict[str, Any] | Task | list[dict[str, Any] | Task]) -> list[str]:
+        """Add child tasks to the run; returns their ids.
+
+        Each is a task definition as in a plan file (``id`` defaults to
+        ``PARENT.N``, ``priority`` to the parent's); it joins this task's milestone,
+        may ``needs`` any task of the run or a sibling given in the same call, and is
+        validated like a plan task (:class:`SpawnError` names what is wrong). Spawning
+        the same child again (a retried parent) returns it as it is. Callable from a
+        plain function's thread as well as from a coroutine.
+        """
+        if self.spawner is None:
+            raise TaskFailed(f"{self.task.id}: this task cannot spawn subtasks here")
+        batch = tasks if isinstance(tasks, list) else [tasks]
+        return list(self.spawner.spawn(batch))
+
+    async def wait_for_children(self, ids: list[str] | None = None) -> dict[str, Any]:
+        """Wait until the children this attempt spawned (or ``ids``) have ended; returns a
+        :class:`ChildOutcome` per child (``state``, ``result``, ``error``, ``ok``).
+
+        While it waits, the task's agent slot is free for other tasks (its children
+        among them).
+        """
+        if self.spawner is None:
+            raise TaskFailed(f"{self.task.id}: this task has no children to wait for")
+        outcomes: dict[str, Any] = await self.spawner.wait(ids)
+        return outcomes
+
+    def wait_for_children_sync(self, ids: list[str] | None = None) -> dict[str, Any]:
+        """:meth:`wait_for_children` for plain (non-async) Python agents."""
+        if self.spawner is None:
+            raise TaskFailed(f"{self.task.id}: this task has no children to wait for")
+        outcomes: dict[str, Any] = self.spawner.wait_blocking(ids)
+        return outcomes
+
+    async def propose_decision(
+        self,
+        question: str,
+        options: list[Any],
+        *,
+        voters: list[str] | None = None,
+        quorum: int | str | None = None,
+        deadline: float | str | None = None,
+    ) -> Any:
+        """Put ``question`` to a vote of ``voters`` (default ``settings.voting.voters``)
+        among ``options``; returns the :class:`~counterpoint.runtime.voting.Decision` once
+        it is made: by the vote, or by a person after a tie or a missing quorum (raises
+        ``DecisionFailed`` when nobody decided before the escalation ran out). ``quorum``
+        (a number, ``majority`` or ``all``) and ``deadline`` (plan time) default to
+        ``settings.voting``. See docs/coordination.md."""
+        if self.decider is None:
+            raise TaskFailed(f"{self.task.id}: this task cannot propose decisions here")
+        return await self.decider.propose(question, options, voters, quorum, deadline)
+
+    def propose_decision_sync(
+        self,
+        question: str,
+        options: list[Any],
+        *,
+        voters: list[str] | None = None,
+        quorum: int | str | None = None,
+        deadline: float | str | None = None,
+    ) -> Any:
+        """:meth:`propose_decision` for plain (non-async) Python agents: blocks its thread."""
+        if self.decider is None:
+            raise TaskFailed(f"{self.task.id}: this task cannot propose decisions here")
+        return self.decider.propose_blocking(question, options, voters, quorum, deadline)
 
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds`` of plan time (multiplied by the run's time scale)."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from counterpoint.agents.base import RateLimited, TaskContext, TaskFailed
+from counterpoint.agents.control import control_channel
 from counterpoint.plan.model import Runner
 from counterpoint.processes import signal_group
 
@@ -146,13 +147,14 @@ class ShellRunner:
         ctx.log_dir.mkdir(parents=True, exist_ok=True)
         files.result.unlink(missing_ok=True)  # never pick up a stale result
         ctx.log.debug("task %s attempt %d: running %s", ctx.task_id, ctx.attempt, argv)
-        proc = await self._start(argv, cwd, ctx, files)
-        follower = _ProgressFollower(files.stdout, ctx)
-        watching = asyncio.create_task(follower.follow())
-        try:
-            code = await self._wait(proc)
-        finally:
-            watching.cancel()
+        async with control_channel(ctx.spawner) as control:  # to spawn subtasks
+            proc = await self._start(argv, cwd, ctx, files, control)
+            follower = _ProgressFollower(files.stdout, ctx)
+            watching = asyncio.create_task(follower.follow())
+            try:
+                code = await self._wait(proc)
+            finally:
+                watching.cancel()
         follower.poll()  # lines written just before the exit
         return _outcome(code, files)
 
@@ -162,7 +164,9 @@ class ShellRunner:
             raise TaskFailed(f"the working directory {cwd} does not exist")
         return cwd
 
-    def _env(self, ctx: TaskContext, files: _Files) -> dict[str, str]:
+    def _env(
+        self, ctx: TaskContext, files: _Files, extra: dict[str, str] | None = None
+    ) -> dict[str, str]:
         rollback = {"COUNTERPOINT_ROLLBACK": "1"} if ctx.rollback is not None else {}
         return {
             **os.environ,
@@ -177,10 +181,16 @@ class ShellRunner:
             "COUNTERPOINT_STATE_DIR": str(ctx.state_dir),
             "COUNTERPOINT_RESULT_FILE": str(files.result),
             **rollback,
+            **(extra or {}),
         }
 
     async def _start(
-        self, argv: list[str], cwd: Path, ctx: TaskContext, files: _Files
+        self,
+        argv: list[str],
+        cwd: Path,
+        ctx: TaskContext,
+        files: _Files,
+        extra_env: dict[str, str] | None = None,
     ) -> asyncio.subprocess.Process:
         """Start the program in a new session, stdin from the payload, output to the logs.
 
@@ -200,7 +210,7 @@ class ShellRunner:
                     stdout=stdout,
                     stderr=stderr,
                     cwd=cwd,
-                    env=self._env(ctx, files),
+                    env=self._env(ctx, files, extra_env),
                     start_new_session=True,
                 )
             except OSError as exc:

@@ -65,6 +65,11 @@ class AgentConfig:
     backoff_max_s: float = 30.0
     kill_grace_s: float = 5.0
     once: bool = False  # stop when the hub says its run finished
+    #: How it answers calls for proposals and ballots: ``module:function`` (imported from
+    #: ``workdir``) or a command (the question on stdin, the answer on stdout); None: the
+    #: defaults (propose the task's estimate at its load; abstain). See docs/coordination.md.
+    bid: str | None = None
+    vote: str | None = None
 
 
 class AgentClient:
@@ -83,6 +88,7 @@ class AgentClient:
         self.outbox: OrderedDict[int, str] = OrderedDict()
         self.in_seq = 0
         self.running: dict[str, tuple[int, asyncio.Task[None]]] = {}
+        self.requests: dict[str, asyncio.Future[dict[str, Any]]] = {}  # spawn, wait_children
         self.heartbeat_s = 30.0
         self.max_bytes = fr.MAX_MESSAGE_BYTES
         self.errors: list[dict[str, Any]] = []
@@ -91,6 +97,7 @@ class AgentClient:
         self.ws: ClientConnection | None = None  # the live connection, if any
         self._stop = asyncio.Event()
         self._heard = 0.0
+        self.answering: set[asyncio.Task[None]] = set()  # bids and votes being worked out
 
     # -- public -----------------------------------------------------------------------
 
@@ -250,7 +257,7 @@ class AgentClient:
             self._acked(int(frame.get("seq", 0)))
         elif op == "error":
             self._on_error(frame)
-        elif op in ("assign", "cancel", "msg"):
+        elif op in ("assign", "cancel", "msg", "reply", "cfp", "ballot"):
             seq = int(frame.get("seq", 0))
             if seq <= self.in_seq:
                 self._raw({"op": "ack", "seq": self.in_seq})
@@ -282,6 +289,109 @@ class AgentClient:
         current = self.running.get(str(frame.get("task_id")))
         if current is not None and current[0] == frame.get("attempt"):
             current[1].cancel()
+
+    def _on_reply(self, frame: dict[str, Any]) -> None:
+        """The hub's answer to a spawn or wait_children request."""
+        waiting = self.requests.pop(str(frame.get("request")), None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(frame)
+
+    async def ask(self, op: str, task_id: str, attempt: int, **fields: Any) -> dict[str, Any]:
+        """Send a spawn or wait_children request for a running attempt; its reply."""
+        request = uuid.uuid4().hex
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.requests[request] = answer
+        try:
+            self.send(
+                {"op": op, "request": request, "task_id": task_id, "attempt": attempt, **fields}
+            )
+            reply = await answer
+        finally:
+            self.requests.pop(request, None)
+        if not reply.get("ok"):
+            raise TaskFailed(str(reply.get("error") or "refused by the hub"))
+        return reply
+
+    def _on_cfp(self, frame: dict[str, Any]) -> None:
+        """A call for proposals: answer it (a ``bid`` frame) before its deadline."""
+        self._start_answer("cfp", frame)
+
+    def _on_ballot(self, frame: dict[str, Any]) -> None:
+        """A ballot: answer it (a ``vote`` frame) before its deadline."""
+        self._start_answer("ballot", frame)
+
+    def _start_answer(self, kind: str, frame: dict[str, Any]) -> None:
+        job = asyncio.create_task(self._answer(kind, frame))
+        self.answering.add(job)
+        job.add_done_callback(self.answering.discard)
+
+    async def _answer(self, kind: str, frame: dict[str, Any]) -> None:
+        body = {k: v for k, v in frame.items() if k not in ("op", "seq")}
+        name = "call" if kind == "cfp" else "ballot"
+        reply: dict[str, Any] = {"op": "bid" if kind == "cfp" else "vote", name: body.get(name)}
+        seconds = body.get("deadline_s")
+        limit = float(seconds) if isinstance(seconds, int | float) and seconds > 0 else 60.0
+        try:
+            async with asyncio.timeout(limit):
+                reply.update(await self._respond(kind, body))
+        except TimeoutError:
+            log.warning("%s %s: no answer before its deadline", name, body.get(name))
+            return
+        except Exception as exc:  # a bidder that fails refuses; a voter abstains
+            why = str(exc) or type(exc).__name__
+            reply.update(
+                {"refuse": f"the bidder failed: {why}"}
+                if kind == "cfp"
+                else {"abstain": f"the voter failed: {why}"}
+            )
+        try:
+            self.send(reply)
+        except TaskFailed as exc:
+            log.warning("cannot answer %s %s: %s", name, body.get(name), exc)
+
+    async def _respond(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        from counterpoint.runtime.canvass import (
+            call_python,
+            call_shell,
+            is_python_target,
+            takes_two,
+        )
+
+        target = self.config.bid if kind == "cfp" else self.config.vote
+        if target is None:
+            return self._default_answer(kind, body)
+        if is_python_target(target):
+            from counterpoint.agents.python import load_callable
+
+            func = load_callable(target, self.config.workdir)
+            if kind == "cfp":
+                task = _task_of(body.get("task") or {})
+                value = await call_python(func, (task, body) if takes_two(func) else (task,))
+            else:
+                value = await call_python(func, (body,))
+        else:
+            env = {"COUNTERPOINT_AGENT": self.config.agent, "COUNTERPOINT_QUESTION": kind}
+            value = await call_shell(
+                target,
+                body,
+                self.config.workdir,
+                env,
+                use_shell=self.config.use_shell,
+                kill_grace_s=self.config.kill_grace_s,
+            )
+        return _as_answer(kind, value)
+
+    def _default_answer(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Without ``--bid``: propose the task's estimate at the agent's load (the run's
+        view or its own, the higher); without ``--vote``: abstain."""
+        if kind != "cfp":
+            return {"abstain": "no vote responder"}
+        task = body.get("task") or {}
+        estimate = task.get("estimate_s", 0.0)
+        own = len(self.running) / max(1, self.config.capacity)
+        told = body.get("load", 0.0)
+        load = max(own, float(told) if isinstance(told, int | float) else 0.0)
+        return {"duration_s": float(estimate or 0.0), "cost": 0.0, "load": load}
 
     def _on_msg(self, frame: dict[str, Any]) -> None:
         """Messages for this agent are appended to ``<state>/inbox.jsonl``."""
@@ -373,6 +483,7 @@ class AgentClient:
             estimate_s=float(spec.get("estimate_s", 0.0)),
             on_progress=self._status,
             rollback=rollback if isinstance(rollback := payload.get("rollback"), dict) else None,
+            spawner=None if payload.get("rollback") else _RemoteSpawner(self, task_id, attempt),
         )
 
     def _status(self, task_id: str, progress: float, note: str) -> None:
@@ -382,12 +493,67 @@ class AgentClient:
         self.send({"op": "msg", "message": message.to_json()})
 
     async def _cancel_all(self) -> None:
+        for answering in list(self.answering):
+            answering.cancel()
         jobs = [job for _, job in self.running.values()]
         self.running.clear()
         for job in jobs:
             job.cancel()
         if jobs:
             await asyncio.gather(*jobs, return_exceptions=True)
+
+
+class _RemoteSpawner:
+    """A remote task's spawn handle: its requests go to the hub (the program reaches it
+    through its control channel, ``$COUNTERPOINT_CONTROL``)."""
+
+    def __init__(self, client: AgentClient, task_id: str, attempt: int) -> None:
+        self.client, self.task_id, self.attempt = client, task_id, attempt
+
+    async def spawn_async(self, specs: list[Any]) -> list[str]:
+        reply = await self.client.ask("spawn", self.task_id, self.attempt, tasks=specs)
+        return [str(i) for i in reply.get("ids") or []]
+
+    async def wait(self, ids: list[str] | None = None) -> dict[str, Any]:
+        reply = await self.client.ask("wait_children", self.task_id, self.attempt, ids=ids)
+        children: dict[str, Any] = reply.get("children") or {}
+        return children
+
+
+def _task_of(spec: dict[str, Any]) -> Task:
+    """The task of a call for proposals, as a plan task (what a Python bidder gets)."""
+    fields = {
+        k: spec[k]
+        for k in ("name", "instructions", "inputs", "requires", "reads", "writes", "resources")
+        if spec.get(k) is not None
+    }
+    try:
+        return Task.model_validate(
+            {"id": str(spec.get("id") or "task"), **fields, "estimate": spec.get("estimate_s")}
+        )
+    except ValueError as exc:
+        raise TaskFailed(f"the hub sent an invalid task: {exc}") from None
+
+
+def _as_answer(kind: str, value: Any) -> dict[str, Any]:
+    """A bidder's or voter's return value as the fields of a ``bid`` or ``vote`` frame."""
+    if kind == "cfp":
+        if value is None:
+            return {"refuse": "no proposal"}
+        if not isinstance(value, dict):
+            return {"refuse": f"the bidder returned a {type(value).__name__}, not an object"}
+        if "refuse" in value:
+            reason = value["refuse"]
+            return {"refuse": reason if isinstance(reason, str) and reason else "refused"}
+        return dict(value)
+    if value is None:
+        return {"abstain": "no vote"}
+    if isinstance(value, dict) and "abstain" in value:
+        reason = value["abstain"]
+        return {"abstain": reason if isinstance(reason, str) else "abstained"}
+    if isinstance(value, dict) and "vote" in value:
+        return {"vote": value["vote"]}
+    return {"vote": value}
 
 
 def _safe(name: str) -> str:

@@ -381,8 +381,15 @@ class TaskRows:
     def sync(self) -> TaskRows:
         orch = self.dashboard.orch
         touched, self.touched = self.touched, set()
+        of = self.dashboard.g.milestone_of_task
+        for t in range(len(self.states), len(orch.state)):  # tasks spawned since
+            state = orch.state[t]
+            self.states.append(state)
+            self.totals[state] += 1
+            self.milestones[of[t]][state] += 1
+            self.rows.append(self.dashboard.row(t))
+            self.changed.add(t)
         if orch.state != self.states:
-            of = self.dashboard.g.milestone_of_task
             for t, (new, old) in enumerate(zip(orch.state, self.states, strict=True)):
                 if new is not old:
                     touched.add(t)

@@ -17,7 +17,19 @@ result          agent->hub  seq, task_id, attempt, status, result, error,
                             retry_after_s
 assign          hub->agent  seq, task_id, attempt, payload
 cancel          hub->agent  seq, task_id, attempt, reason
+cfp             hub->agent  seq, call, agent, task, round, attempt, deadline_s,
+                            load, running, capacity, time_scale (a call for proposals)
+bid             agent->hub  seq, call, and duration_s, cost, load, note (a proposal)
+                            or refuse (a refusal)
+ballot          hub->agent  seq, ballot, decision, voter, question, options, voters,
+                            quorum, deadline_s, context
+vote            agent->hub  seq, ballot, and vote (an option) or abstain (a reason)
 ack             both        seq (everything up to it is processed, durably)
+spawn           agent->hub  seq, request, task_id, attempt, tasks (its own task
+                            adds children; see docs/spawning.md)
+wait_children   agent->hub  seq, request, task_id, attempt, ids (null: all it
+                            spawned in this attempt)
+reply           hub->agent  seq, request, ok, ids | children | error
 heartbeat       both        running (agent->hub: the task ids it runs)
 error           hub->agent  code, message, field, seq
 ==============  ==========  ===================================================
@@ -26,6 +38,7 @@ error           hub->agent  code, message, field, seq
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from counterpoint.errors import CounterpointError
@@ -33,6 +46,8 @@ from counterpoint.messaging.protocol import PROTOCOL_VERSION
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 RESULT_STATUSES = ("completed", "failed", "rate_limited")
+#: The fields of a proposal in a ``bid`` frame (a refusal has ``refuse`` alone).
+BID_FIELDS = ("duration_s", "cost", "load", "note")
 
 # Close codes (4000-4999 are the application's own).
 CLOSE_GOING_AWAY = 1001
@@ -125,6 +140,22 @@ def check_hello(frame: dict[str, Any]) -> tuple[str, list[str], int, int]:
     return session, caps, capacity, last_seq
 
 
+def check_child_request(frame: dict[str, Any]) -> tuple[str, str, int]:
+    """(request, task_id, attempt) of a spawn or wait_children frame, its fields checked."""
+    request = need_str(frame, "request", 100)
+    task_id = need_str(frame, "task_id")
+    attempt = need_int(frame, "attempt", 1)
+    if frame["op"] == "spawn":
+        tasks = frame.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise FrameError("invalid_frame", "'tasks' must be a list of task objects", "tasks")
+    else:
+        ids = frame.get("ids")
+        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+            raise FrameError("invalid_frame", "'ids' must be a list of task ids, or null", "ids")
+    return request, task_id, attempt
+
+
 def check_result(frame: dict[str, Any]) -> tuple[str, int, str]:
     """(task_id, attempt, status) of a result frame."""
     task_id = need_str(frame, "task_id")
@@ -137,3 +168,58 @@ def check_result(frame: dict[str, Any]) -> tuple[str, int, str]:
     if not isinstance(frame.get("result", {}), dict):
         raise FrameError("invalid_frame", "'result' must be an object", "result")
     return task_id, attempt, status
+
+
+def check_bid(frame: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(call, answer) of a bid frame: a proposal (``duration_s``, ``cost``, ``load`` numbers
+    >= 0 and a ``note``, each optional) or a refusal (``refuse``, a reason)."""
+    call = need_int(frame, "call", 1)
+    answer = {k: v for k, v in frame.items() if k not in ("op", "seq", "call")}
+    if "refuse" in answer:
+        if not isinstance(answer["refuse"], str):
+            raise FrameError("invalid_frame", "'refuse' must be a reason (a string)", "refuse")
+        if len(answer) > 1:
+            other = next(k for k in answer if k != "refuse")
+            raise FrameError(
+                "invalid_frame", f"a refusal has only 'refuse', not {other!r} too", other
+            )
+        return call, answer
+    for key, value in answer.items():
+        if key not in BID_FIELDS:
+            raise FrameError(
+                "invalid_frame",
+                f"unknown field {key!r} in a bid (a proposal has {', '.join(BID_FIELDS)}; "
+                "a refusal has refuse)",
+                key,
+            )
+        if key == "note":
+            if not isinstance(value, str):
+                raise FrameError("invalid_frame", "'note' must be a string", key)
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise FrameError("invalid_frame", f"{key!r} must be a number >= 0", key)
+    return call, answer
+
+
+def check_vote(frame: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(ballot, answer) of a vote frame: ``vote`` (one of the ballot's options) or
+    ``abstain`` (a reason)."""
+    ballot = need_int(frame, "ballot", 1)
+    extra = [k for k in frame if k not in ("op", "seq", "ballot", "vote", "abstain")]
+    if extra:
+        raise FrameError(
+            "invalid_frame", f"unknown field {extra[0]!r} in a vote (vote or abstain)", extra[0]
+        )
+    if ("vote" in frame) == ("abstain" in frame):
+        raise FrameError(
+            "invalid_frame", "a vote frame needs exactly one of vote or abstain", "vote"
+        )
+    if "abstain" in frame:
+        if not isinstance(frame["abstain"], str):
+            raise FrameError("invalid_frame", "'abstain' must be a reason (a string)", "abstain")
+        return ballot, {"abstain": frame["abstain"]}
+    return ballot, {"vote": frame["vote"]}

@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from counterpoint.agents.base import AgentLost, ProgressSink, RateLimited, TaskContext, TaskFailed
+from counterpoint.errors import CounterpointError
 from counterpoint.messaging.bus import Bus, UnknownRecipient
 from counterpoint.messaging.protocol import Message, MessageError, MessageType, parse_message
 from counterpoint.net import frames as fr
@@ -50,6 +51,7 @@ SERVING_GC_THRESHOLD = (100_000, 50, 1000)
 OUTBOX_LIMIT = 10_000
 DRAIN_TIMEOUT_S = 2.0
 _HEARTBEAT_REPLY = fr.encode({"op": "heartbeat"})
+_QUESTION_FIELD = {"cfp": "call", "ballot": "ballot"}  # the id field of each question frame
 
 #: ``on_state(agent, state, info)``: an agent became ``available``, ``offline`` or ``lost``.
 StateSink = Callable[[str, str, dict[str, Any]], None]
@@ -70,6 +72,7 @@ class Assignment:
     attempt: int
     answer: asyncio.Future[dict[str, Any]]
     on_progress: ProgressSink | None = None
+    spawner: Any = None  # the attempt's spawn handle (ctx.spawner)
 
 
 class _Link:
@@ -165,6 +168,9 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.assigned: dict[str, Assignment] = {}  # task -> its current remote assignment
         self.given: set[tuple[str, str, int]] = set()  # (agent, task, attempt) ever assigned
+        # calls for proposals and ballots: (agent, kind, id) -> its answer, while open
+        self.questions: dict[tuple[str, str, int], asyncio.Future[dict[str, Any]]] = {}
+        self.asked: set[tuple[str, str, int]] = set()  # every question ever put
         self._carried: dict[str, list[Any]] = {}  # messages an ended session never acknowledged
         self.counts = {"messages": 0, "rejected": 0, "duplicates": 0}
         self._background: list[asyncio.Task[None]] = []
@@ -218,7 +224,7 @@ class Hub:
         if session is None:
             raise AgentLost(f"agent {agent!r} is not connected")
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        job = Assignment(agent, ctx.task_id, ctx.attempt, answer, ctx.on_progress)
+        job = Assignment(agent, ctx.task_id, ctx.attempt, answer, ctx.on_progress, ctx.spawner)
         session.tasks[job.task_id] = job
         self.assigned[job.task_id] = job
         self.given.add((agent, job.task_id, job.attempt))
@@ -248,6 +254,26 @@ class Hub:
                             "reason": "cancelled",
                         },
                     )
+
+    async def put_question(
+        self, agent: str, kind: str, question: int, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Put a call for proposals (``kind`` ``cfp``) or a ballot (``ballot``) to
+        ``agent`` and wait for its ``bid`` or ``vote`` frame (the caller's deadline
+        cancels the wait; a later answer is refused with ``question_closed``)."""
+        session = self.sessions.get(agent)
+        if session is None:
+            raise AgentLost(f"agent {agent!r} is not connected")
+        key = (agent, kind, question)
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.questions[key] = answer
+        self.asked.add(key)
+        self._send(session, {**body, "op": kind, _QUESTION_FIELD[kind]: question})
+        try:
+            return await answer
+        finally:
+            if self.questions.get(key) is answer:
+                del self.questions[key]
 
     # -- connections (called by the server) ---------------------------------------------
 
@@ -369,6 +395,9 @@ class Hub:
                     AgentLost(f"{reason}; {job.task_id} goes back to the queue")
                 )
         session.tasks.clear()
+        for key, waiting in list(self.questions.items()):
+            if key[0] == session.agent and not waiting.done():
+                waiting.set_exception(AgentLost(f"{reason}; it cannot answer"))
         link, session.link = session.link, None
         if link is not None:
             closing = asyncio.create_task(link.close(code, reason[:120]))
@@ -404,7 +433,7 @@ class Hub:
             if op == "ack":
                 self._acked(session, fr.need_int(frame, "seq"))
                 return
-            if op not in ("msg", "result"):
+            if op not in ("msg", "result", "spawn", "wait_children", "bid", "vote"):
                 raise FrameError("unknown_op", f"unknown op {op!r}", "op")
             seq = fr.need_int(frame, "seq", 1)
             if seq <= session.in_seq:
@@ -414,8 +443,12 @@ class Hub:
             try:
                 if op == "msg":
                     await self._on_message(session, _message_of(frame))
-                else:
+                elif op == "result":
                     self._on_result(session, frame)
+                elif op in ("bid", "vote"):
+                    self._on_answer(session, frame)
+                else:
+                    self._on_child_request(session, frame)
             finally:
                 session.in_seq = seq  # processed, accepted or refused: never again
                 self._dirty.add(session)
@@ -482,6 +515,61 @@ class Hub:
             job.answer.set_exception(RateLimited(float(after), error))
         else:
             job.answer.set_exception(TaskFailed(error or f"{session.agent} reported a failure"))
+
+    def _on_answer(self, session: Session, frame: dict[str, Any]) -> None:
+        """A bid (to a call for proposals) or a vote (on a ballot): only to a question put
+        to this agent, and only while it is open."""
+        if frame["op"] == "bid":
+            kind, (question, answer) = "cfp", fr.check_bid(frame)
+        else:
+            kind, (question, answer) = "ballot", fr.check_vote(frame)
+        name = _QUESTION_FIELD[kind]
+        key = (session.agent, kind, question)
+        waiting = self.questions.pop(key, None)
+        if waiting is None:
+            if key in self.asked:
+                raise FrameError(
+                    "question_closed",
+                    f"{name} {question} is closed (answered, or its deadline passed); "
+                    "the answer is ignored",
+                    name,
+                )
+            raise FrameError(
+                "not_your_question", f"{name} {question} was never put to {session.agent!r}", name
+            )
+        if not waiting.done():
+            waiting.set_result(answer)
+
+    def _on_child_request(self, session: Session, frame: dict[str, Any]) -> None:
+        """A spawn or wait_children frame: only for the agent's own current attempt."""
+        request, task_id, attempt = fr.check_child_request(frame)
+        job = self._own(session, task_id)
+        if job.attempt != attempt:
+            raise FrameError(
+                "stale_attempt", f"attempt {attempt} of {task_id!r} is no longer current", "attempt"
+            )
+        if job.spawner is None:
+            raise FrameError("not_supported", f"task {task_id!r} cannot spawn subtasks", "op")
+        work = asyncio.create_task(self._answer_child_request(session, job, request, frame))
+        self._closing.add(work)  # kept until done
+        work.add_done_callback(self._closing.discard)
+
+    async def _answer_child_request(
+        self, session: Session, job: Assignment, request: str, frame: dict[str, Any]
+    ) -> None:
+        from counterpoint.agents.control import outcome_json
+
+        reply: dict[str, Any] = {"op": "reply", "request": request, "ok": True}
+        try:
+            if frame["op"] == "spawn":
+                reply["ids"] = await job.spawner.spawn_async(frame["tasks"])
+            else:
+                outcomes = await job.spawner.wait(frame.get("ids"))
+                reply["children"] = {k: outcome_json(v) for k, v in outcomes.items()}
+        except CounterpointError as exc:
+            reply = {"op": "reply", "request": request, "ok": False, "error": str(exc)}
+        if self.sessions.get(session.agent) is session:
+            self._send(session, reply)
 
     def _acked(self, session: Session, seq: int) -> None:
         outbox = session.outbox

@@ -28,7 +28,7 @@ TaskPath = tuple[str, int, str, int, str, int]
 def check_plan(plan: Plan) -> list[Problem]:
     """Every problem the model alone cannot see, errors and warnings together."""
     problems: list[Problem] = []
-    for check in (_unique_ids, _references, _agents, _resources, _alerts, _gates):
+    for check in (_unique_ids, _references, _agents, _resources, _alerts, _gates, _coordination):
         problems.extend(check(plan))
     return problems
 
@@ -243,4 +243,68 @@ def _metric_problems(metric: str, path: Path, scope: str) -> Iterator[Problem]:
             f"unknown gate metric {metric!r} (known: {', '.join(known)})",
             path,
             hint=did_you_mean(metric, known),
+        )
+
+
+def _coordination(plan: Plan) -> Iterator[Problem]:
+    """Bidders and voters (contract net, decisions by vote): who they are, what they run."""
+    agents = set(plan.agents)
+    voting = plan.settings.voting
+    for name, spec in plan.agents.items():
+        for key in ("bid", "vote"):
+            runner = getattr(spec, key)
+            if runner is None:
+                continue
+            if runner.remote:
+                yield Problem(
+                    f"a {key} runner cannot be remote: a remote agent answers through its "
+                    f"hub connection (counterpoint agent --{key}); give python or shell",
+                    ("agents", name, key),
+                )
+            elif key == "bid" and plan.settings.coordination != "contract_net":
+                yield Problem(
+                    "bid is only used with settings.coordination: contract_net",
+                    ("agents", name, key),
+                    Severity.WARNING,
+                )
+    yield from _voter_problems(voting.voters, ("settings", "voting"), agents)
+    yield from _quorum_problem(voting.quorum, len(voting.voters), ("settings", "voting"))
+    for i, policy in enumerate(plan.shared_state.policies):
+        where: Path = ("shared_state", "policies", i)
+        if policy.policy != "vote":
+            extra = [k for k in ("voters", "quorum", "deadline") if getattr(policy, k)]
+            if extra:
+                yield Problem(
+                    f"{', '.join(extra)} only apply to the vote policy (this one is "
+                    f"{policy.policy})",
+                    (*where, extra[0]),
+                    Severity.WARNING,
+                    at_key=True,
+                )
+            continue
+        yield from _voter_problems(policy.voters, where, agents)
+        voters = policy.voters or voting.voters
+        if policy.quorum is not None:
+            yield from _quorum_problem(policy.quorum, len(voters), where)
+
+
+def _voter_problems(voters: list[str], where: Path, agents: set[str]) -> Iterator[Problem]:
+    seen: dict[str, int] = {}
+    for vi, name in enumerate(voters):
+        if name not in agents:
+            yield Problem(
+                f"unknown voter {name!r}: voters are agents of the plan",
+                (*where, "voters", vi),
+                hint=did_you_mean(name, agents),
+            )
+        elif seen.setdefault(name, vi) != vi:
+            yield Problem(f"voter {name!r} is named twice", (*where, "voters", vi))
+
+
+def _quorum_problem(quorum: int | str, voters: int, where: Path) -> Iterator[Problem]:
+    if isinstance(quorum, int) and voters and quorum > voters:
+        yield Problem(
+            f"quorum {quorum} is more than the {voters} voter{'s' * (voters != 1)} named: "
+            "a vote could never reach it",
+            (*where, "quorum"),
         )

@@ -10,6 +10,7 @@ walked as Python lists in the hot loops.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -17,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from counterpoint.errors import PlanError
-from counterpoint.plan.model import Plan, Priority
+from counterpoint.plan.model import Plan, Priority, Task
 
 EPS = 1e-9
 
@@ -28,6 +29,16 @@ class NodeKind(IntEnum):
     PHASE_END = 2
     MILESTONE_START = 3
     MILESTONE_END = 4
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnedTask:
+    """A task added while the plan runs (``ctx.spawn``): it joins its parent's milestone."""
+
+    task: Task
+    parent: str
+    milestone: int
+    depth: int
 
 
 @dataclass(slots=True)
@@ -53,9 +64,12 @@ def _csr(keys: NDArray[np.int64], values: NDArray[np.int64], n: int) -> tuple[li
 class Graph:
     """A compiled plan. Build it with :meth:`Plan.compile` or :func:`compile_plan`."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, spawned: Sequence[SpawnedTask] = ()) -> None:
         self.plan = plan
         tasks = plan.tasks()
+        self.n_plan_tasks = len(tasks)
+        self.spawned = list(spawned)
+        tasks += [s.task for s in self.spawned]
         milestones = plan.milestones()
         self.tasks = tasks
         self.milestones = milestones
@@ -74,6 +88,9 @@ class Graph:
                 self.phase_of_milestone.append(pi)
                 self.phase_of_task.extend([pi] * len(m.tasks))
                 self.milestone_of_task.extend([len(self.phase_of_milestone) - 1] * len(m.tasks))
+        for spawned_task in self.spawned:
+            self.milestone_of_task.append(spawned_task.milestone)
+            self.phase_of_task.append(self.phase_of_milestone[spawned_task.milestone])
         d = plan.defaults
         self.duration = [d.estimate if t.estimate is None else t.estimate for t in tasks]
         self.duration += [0.0] * (self.n_nodes - self.n_tasks)
@@ -86,6 +103,16 @@ class Graph:
         self.succ_start, self.succ = _csr(src, dst, self.n_nodes)
         self.order = self._topological_order()
         self._cpm()
+
+    def extend(self, spawned: Sequence[SpawnedTask]) -> None:
+        """Add tasks after the plan's (and earlier spawned) ones, in place.
+
+        Task numbers do not change; barrier nodes move up by ``len(spawned)``. Raises
+        ``PlanError`` (and changes nothing) when the new tasks would close a cycle.
+        """
+        grown = Graph(self.plan, [*self.spawned, *spawned])
+        for name in grown.__dict__:
+            setattr(self, name, getattr(grown, name))
 
     # -- node numbering -------------------------------------------------------
 
@@ -305,4 +332,4 @@ def compile_plan(plan: Plan) -> Graph:
     return plan.compile()
 
 
-__all__ = ["Graph", "NodeKind", "compile_plan"]
+__all__ = ["Graph", "NodeKind", "SpawnedTask", "compile_plan"]

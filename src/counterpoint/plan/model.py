@@ -94,9 +94,53 @@ class Defaults(Strict):
     estimate: Duration = 3600.0
 
 
+Quorum = Annotated[int, Field(ge=1)] | Literal["majority", "all"]
+
+
+class ContractNet(Strict):
+    """How ``coordination: contract_net`` calls for proposals (see docs/coordination.md)."""
+
+    #: How long agents have to propose or refuse (plan time, scaled like estimates).
+    deadline: Duration = Field(default=60.0, gt=0)
+    #: Calls made before a task nobody proposed for is escalated (it keeps being called
+    #: while its escalation is open, and fails when the ladder runs out).
+    rounds: int = Field(default=2, ge=1)
+    #: Seconds of plan time one unit of a proposal's ``cost`` is worth in the score.
+    cost_weight: float = Field(default=0.0, ge=0)
+
+
+class Voting(Strict):
+    """Who decides by vote (``ctx.propose_decision``, the ``vote`` state policy) and how."""
+
+    voters: list[Id] = Field(default_factory=list, description="agent names")
+    #: Votes needed for a result: a number, ``majority`` (more than half the voters)
+    #: or ``all``.
+    quorum: Quorum = "majority"
+    deadline: Duration = Field(default=600.0, gt=0)
+
+
+class RaySettings(Strict):
+    """The Ray backend (``backend: ray`` or ``--backend ray``); see docs/scaling.md."""
+
+    #: ``auto`` (a running cluster), ``ray://host:port``, or none: start a local instance.
+    address: str | None = None
+    #: CPUs of the local instance started when ``address`` is none (default: all).
+    num_cpus: int | None = Field(default=None, ge=1)
+    #: Object store size of the local instance, in bytes.
+    object_store_memory: int = Field(default=200 * 1024 * 1024, ge=75 * 1024 * 1024)
+
+
 class Settings(Strict):
     coordination: Literal["centralized", "contract_net"] = "centralized"
     backend: Literal["local", "ray"] = "local"
+    contract_net: ContractNet = Field(default_factory=ContractNet)
+    voting: Voting = Field(default_factory=Voting)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    #: How deep tasks may spawn subtasks (a plan task's children are depth 1).
+    max_spawn_depth: int = Field(default=3, ge=0)
+    #: At most this many tasks in the run, spawned ones included (none: the plan's
+    #: own tasks plus 10,000).
+    max_tasks: int | None = Field(default=None, ge=1)
     heartbeat: Duration = 30.0
     response_sla: Duration = 3600.0
     status_every: Duration = 7200.0
@@ -152,12 +196,31 @@ class Runner(Strict):
         return "python" if self.python else "shell" if self.shell else "remote"
 
 
+class RayAgent(Strict):
+    """What one Ray actor of this agent asks of the cluster (one actor per capacity slot)."""
+
+    #: CPUs the actor holds while it lives; none: Ray's actor default (one CPU to be
+    #: placed, none while it runs), so any number of slots fit on a node with a CPU.
+    num_cpus: float | None = Field(default=None, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    #: Custom Ray resources, e.g. ``{gpu_node: 1}`` to place the agent on such nodes.
+    resources: dict[str, float] = Field(default_factory=dict)
+
+
 class AgentSpec(Strict):
     capabilities: list[Id] = Field(default_factory=list)
     capacity: int = Field(default=1, ge=0, description="tasks it runs at once")
     runner: Runner | None = None
     workspace: Literal["none", "tempdir", "worktree"] = "none"
     description: str = ""
+    #: How the agent answers a call for proposals (contract net): ``python`` (a
+    #: ``bid(task)`` callable) or ``shell`` (the call on stdin, the proposal on stdout).
+    #: Without it the agent proposes from its load and capability match.
+    bid: Runner | None = None
+    #: How the agent answers a ballot (votes): ``python`` or ``shell``, like ``bid``.
+    vote: Runner | None = None
+    #: Ray actor options when the run uses the Ray backend.
+    ray: RayAgent = Field(default_factory=RayAgent)
 
     @property
     def remote(self) -> bool:
@@ -291,7 +354,11 @@ class StatePolicy(Strict):
     key: str = Field(min_length=1, description="key pattern, * matches any run of characters")
     policy: Literal["priority", "first-writer", "last-writer", "merge", "vote", "escalate"]
     reducer: str | None = None
+    #: ``vote``: the agents that vote (default: ``settings.voting.voters``, else the
+    #: key's writers), the quorum and the deadline (defaults from ``settings.voting``).
     voters: list[Id] = Field(default_factory=list)
+    quorum: Quorum | None = None
+    deadline: Duration | None = Field(default=None, gt=0)
 
 
 class SharedState(Strict):

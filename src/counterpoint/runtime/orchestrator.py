@@ -39,11 +39,13 @@ from counterpoint.plan.model import OnFailure
 from counterpoint.plan.writes import overlap
 from counterpoint.queueing import ReadyQueue
 from counterpoint.runtime.alerts import AlertMonitor
+from counterpoint.runtime.coordination import Coordination, DecisionHandle
 from counterpoint.runtime.escalation import Escalator
 from counterpoint.runtime.events import Completion, Observers, RunEvent, TaskState
 from counterpoint.runtime.gates import GateChecker, GateReport
 from counterpoint.runtime.runners import Runners
 from counterpoint.runtime.sampling import MetricSampler
+from counterpoint.runtime.spawning import SpawnHandle, Spawning
 from counterpoint.runtime.state import MISSING, Conflict, SharedState, StateError
 from counterpoint.runtime.steering import Steering
 from counterpoint.runtime.undo import Undoing
@@ -69,9 +71,13 @@ class RunOptions:
     poll_s: float = 0.2
     kill_grace_s: float = 5.0
     seed: int | None = None
+    #: ``local`` or ``ray`` (``--backend``); None: the plan's ``settings.backend``.
+    backend: str | None = None
+    #: The Ray cluster (``--ray-address``); None: the plan's ``settings.ray.address``.
+    ray_address: str | None = None
 
 
-class Orchestrator(Steering, Undoing):
+class Orchestrator(Steering, Undoing, Spawning, Coordination):
     """Runs one plan to the end (or until cancelled), journaling every transition."""
 
     def __init__(
@@ -133,6 +139,7 @@ class Orchestrator(Steering, Undoing):
             run_id,
             graph,
             load_reducer=lambda target: load_callable(target, self.plan_dir),
+            voters=self.plan.settings.voting.voters,
         )
         self.writers_running: dict[int, list[str]] = {}  # serialized writes: task -> keys
         self.finished_at: dict[int, float] = {}  # completed task -> wall time
@@ -149,6 +156,8 @@ class Orchestrator(Steering, Undoing):
             publish=self._publish_quietly,
         )
         self._init_undo()
+        self._init_spawn()
+        self._init_coordination()
         self.sampler = MetricSampler(store, run_id, self.plan.settings.metrics_every)
         self.alerts = AlertMonitor(
             self.plan,
@@ -178,6 +187,7 @@ class Orchestrator(Steering, Undoing):
         try:
             while not self._finished():
                 self._drain()
+                self._coordinate()
                 self._drive_rollbacks()
                 self.store.flush()
                 self._poll_commands()
@@ -275,6 +285,7 @@ class Orchestrator(Steering, Undoing):
     # -- start and resume -------------------------------------------------------
 
     def _restore(self, previous: dict[str, TaskRecord]) -> None:
+        dropped = self._restore_spawned()
         self.shared.restore()
         self.escalator.restore()
         if previous:
@@ -289,6 +300,7 @@ class Orchestrator(Steering, Undoing):
             rec = previous.get(tid)
             if rec is not None:
                 self._restore_task(t, rec, failed, undone)
+        self._settle_restored(previous, dropped)
         self._recount()
         for t in failed:
             self._block_downstream(t, f"{self.g.task_ids[t]} failed")
@@ -391,7 +403,7 @@ class Orchestrator(Steering, Undoing):
     def _on_ready(self, v: int) -> None:
         """``v``'s dependencies are all done: queue a task, open a barrier or check its gate."""
         if v < self.g.n_tasks:
-            if self.state[v] is TaskState.PENDING:
+            if self.state[v] is TaskState.PENDING and v not in self.dormant:
                 self._enqueue(v)
             return
         gate = self._gate_of(v)
@@ -401,6 +413,8 @@ class Orchestrator(Steering, Undoing):
             self._start_gate(v)
 
     def _enqueue(self, t: int) -> None:
+        if self.coordinating and self._calls_for(t):
+            return  # contract net: it waits for the proposals of a call
         demand = self.demands.get(t)
         if demand is None:
             task = self.g.tasks[t]
@@ -435,6 +449,8 @@ class Orchestrator(Steering, Undoing):
             agent = self.agents.pick(demand.pool) if demand.pool >= 0 else None
             if demand.pool >= 0 and agent is None:
                 self.queue.hold(demand, now)
+                if self.awards and self._winner_gone(demand, t, now):
+                    continue  # contract net: its winner left; it is called again
                 if not self._can_ever_run(demand.pool):
                     self._park_unrunnable(demand, t, now)
                 continue
@@ -500,6 +516,8 @@ class Orchestrator(Steering, Undoing):
             response_sla_s=self.plan.settings.response_sla * self.options.time_scale,
             state=StateView(self.shared.snapshot(task.reads) if task.reads else {}),
             workspace=self.remote_workspaces.get(t),
+            spawner=SpawnHandle(self, t, self.attempts[t]),
+            decider=DecisionHandle(self, t),
         )
 
     def _workdir(self, t: int) -> Path:
@@ -640,13 +658,31 @@ class Orchestrator(Steering, Undoing):
             error = self._clean_workspace(done.node, done.kind != "completed", done.result)
             if error is not None and done.kind in ("completed", "failed"):
                 done.kind, done.error = "failed", error  # e.g. a merge conflict
+            if self.withdrawing and done.node in self.withdrawing:
+                if done.kind != "completed":  # cancelled with its parent
+                    self.withdrawn_ended(done)
+                    continue
+                del self.withdrawing[done.node]
             handler = getattr(self, f"_on_{done.kind}")
             handler(done)
+            if self.children and done.node in self.children:
+                self._parent_ended(done.node)
         worktrees = getattr(self, "worktrees", None)
         if worktrees is not None and self._finished():  # the run ends: free its branch
             worktrees.cleanup()
 
+    def _parent_ended(self, t: int) -> None:
+        st = self.state[t]
+        if st is TaskState.COMPLETED:
+            self.parent_completed(t)
+        elif st in (TaskState.FAILED, TaskState.BLOCKED, TaskState.CANCELLED):
+            self.parent_stopped(t, "failed")
+        else:  # retrying, or back in the queue
+            self.parent_stopped(t, "retry")
+
     def _release(self, t: int) -> None:
+        if self.child_waits or self.lent:
+            self._stop_waiting(t)  # a wait of the attempt that ended (its slot comes back)
         if self.writers_running.pop(t, None) is not None:
             self._unpark()
         self.resources.release(self.demands[t])
@@ -659,6 +695,8 @@ class Orchestrator(Steering, Undoing):
         if done.writes and not self._commit_writes(done):
             return
         self._draw_usage(t, done.result)
+        if t in self.parent_of:
+            self.child_results[t] = done.result
         self.finished_at[t] = time.time()
         self.state[t] = TaskState.COMPLETED
         self._finish_attempt(done, "completed")
@@ -834,6 +872,7 @@ class Orchestrator(Steering, Undoing):
             *self.running.values(),
             *self.gates_running.values(),
             *self.comp_running.values(),
+            *self.coordination_jobs(),
         ]
         for task in pending:
             task.cancel()
@@ -873,6 +912,8 @@ class Orchestrator(Steering, Undoing):
                 result=result,
             ),
         )
+        if self.parent_of and t in self.parent_of:
+            self.child_changed(t)
 
     def _agent_name(self, t: int) -> str | None:
         a = self.agent_of[t]
@@ -1000,6 +1041,9 @@ class Orchestrator(Steering, Undoing):
         if conflict.status == "resolved":  # decided now, perhaps after waiting open
             self._decided(conflict)
             return
+        if conflict.policy == "vote" and self._ballot_decides(conflict):
+            self._notify_conflict(conflict)  # its voters decide first (runtime/coordination.py)
+            return
         self.escalator.open(
             f"conflict:{conflict.id}",
             "conflict",
@@ -1039,6 +1083,7 @@ class Orchestrator(Steering, Undoing):
             kind, _, ident = case.subject.partition(":")
             if kind == "conflict" and ident.isdigit():
                 self.shared.fail(int(ident), "no more escalation levels available")
+                self._conflict_failed(int(ident))
                 self._unpark()
             else:
                 self._escalation_failed(case.subject)
@@ -1047,6 +1092,8 @@ class Orchestrator(Steering, Undoing):
         """A gate waiting for approval, or held for a recheck, did not pass before its
         escalation ran out: what waits on it is blocked. (A gate that failed without a
         ``recheck`` has blocked its work already.)"""
+        if self._coordination_failed(subject):
+            return  # a call for proposals or a decision (runtime/coordination.py)
         kind, _, gate_id = subject.partition(":")
         t = self.g.index.get(gate_id) if kind == "task" else None
         if t is not None and t in self.unrunnable:
@@ -1192,6 +1239,9 @@ class Orchestrator(Steering, Undoing):
             except LookupError as exc:
                 self.emit("command_refused", None, command="rollback", reason=str(exc.args[0]))
             return
+        if kind == "decide":
+            self._decide_command(args)  # a person decides a vote (runtime/coordination.py)
+            return
         if kind != "resolve":
             return
         try:
@@ -1212,6 +1262,8 @@ class Orchestrator(Steering, Undoing):
         self._conflict_event("conflict_resolved", conflict)
         self.escalator.resolve(f"conflict:{conflict.id}", conflict.resolution or {})
         self._notify_conflict(conflict)
+        if self.conflict_ballots:
+            self._conflict_settled(conflict)
         if self.parked:
             self._unpark()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +14,7 @@ from counterpoint.plan.model import Plan
 from counterpoint.plan.model import Runner as RunnerSpec
 
 if TYPE_CHECKING:
+    from counterpoint.agents.ray_actors import RayBackend
     from counterpoint.net.hub import Hub
 
 
@@ -52,9 +55,27 @@ def build_runner(
 class Runners:
     """Every runner a plan needs, built (and imported) before the run starts."""
 
-    def __init__(self, plan: Plan, plan_dir: Path, kill_grace_s: float) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        plan_dir: Path,
+        kill_grace_s: float,
+        backend: str | None = None,
+        ray_address: str | None = None,
+    ) -> None:
+        #: The Ray backend (``backend`` or the plan's ``settings.backend`` is ``ray``): the
+        #: agents with a python runner run on its actors; everything else stays local.
+        self.ray: RayBackend | None = None
+        if (backend or plan.settings.backend) == "ray":
+            from counterpoint.agents.ray_actors import RayBackend
+
+            self.ray = RayBackend(plan.settings.ray, ray_address, kill_grace_s)
         self.by_agent = {
-            name: build_runner(a.runner, plan_dir, kill_grace_s, name)
+            name: (
+                self.ray.runner(name, a, plan_dir)
+                if self.ray is not None and a.runner.python
+                else build_runner(a.runner, plan_dir, kill_grace_s, name)
+            )
             for name, a in plan.agents.items()
             if a.runner is not None
         }
@@ -98,6 +119,19 @@ class Runners:
                     f"task {task.id!r} could be given to agent {bare[0]!r}, which has no runner; "
                     "give the agent a runner or the task its own run:"
                 )
+
+    @contextmanager
+    def started(self) -> Iterator[None]:
+        """For the run: the Ray backend's cluster connection and actors (started on entry,
+        stopped on exit); nothing to do for the local backend."""
+        if self.ray is None:
+            yield
+            return
+        self.ray.start()
+        try:
+            yield
+        finally:
+            self.ray.close()
 
     @property
     def remote_agents(self) -> list[str]:

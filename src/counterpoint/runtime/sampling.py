@@ -125,7 +125,9 @@ class MetricSampler(RunObserver):
 
     def on_event(self, event: RunEvent) -> None:
         kind, task, data = event.kind, event.task or "", event.data
-        if kind == "task_started":
+        if kind == "task_spawned":
+            self.phase_of[task] = str(data.get("phase", ""))
+        elif kind == "task_started":
             self.started[task] = (event.ts, str(data.get("agent") or ""))
         elif kind == "task_completed":
             began = self.started.pop(task, None)

@@ -28,7 +28,7 @@ from counterpoint.plan.load import load_plan
 from counterpoint.plan.model import Plan
 from counterpoint.runtime.events import Observers, RunObserver
 from counterpoint.runtime.orchestrator import Orchestrator, RunOptions
-from counterpoint.runtime.runners import NotSupportedError, Runners
+from counterpoint.runtime.runners import Runners
 from counterpoint.store.sqlite import RunRecord, SqliteStore, StateDirError
 
 LOCK_NAME = "run.lock"
@@ -83,15 +83,15 @@ def check_runnable(
             )
     if not plan.agents:
         raise RunRefused("the plan has no agents: it can be analysed but not run")
-    if plan.settings.backend != "local":
-        raise NotSupportedError("settings.backend: ray is not yet supported by this release")
-    if plan.settings.coordination != "centralized":
-        raise NotSupportedError("settings.coordination: contract_net is not yet supported")
     for name, agent in plan.agents.items():
         if agent.workspace == "worktree":
             from counterpoint.agents.worktree import check_worktree_agent
 
             check_worktree_agent(plan, name)  # a git repository with a commit, a local agent
+    if any(a.bid is not None or a.vote is not None for a in plan.agents.values()):
+        from counterpoint.runtime.canvass import check_responders
+
+        check_responders(plan)  # Python bidders and voters import (runtime/canvass.py)
 
 
 @contextmanager
@@ -171,8 +171,10 @@ def start_run(
     plan = load_plan(plan_path)
     check_runnable(plan, serve, state_dir)
     graph = plan.compile(check=False)
-    runners = Runners(plan, plan_path.resolve().parent, options.kill_grace_s)
-    with run_lock(state_dir), _listening(serve) as sock:
+    runners = Runners(
+        plan, plan_path.resolve().parent, options.kill_grace_s, options.backend, options.ray_address
+    )
+    with run_lock(state_dir), _listening(serve) as sock, runners.started():
         store = SqliteStore(state_dir, sync=sync)
         try:
             digest, text = fingerprint(plan)
@@ -214,13 +216,22 @@ def resume_run(
                 )
             check_runnable(plan, serve, state_dir)
             graph = plan.compile(check=False)
-            runners = Runners(plan, Path(record.plan_path).parent, options.kill_grace_s)
-            if digest != record.fingerprint:
-                store.adopt_plan(record.id, digest, text, graph.task_ids)
-            previous = store.tasks(record.id)
-            store.event(record.id, "run_resumed", plan_changed=digest != record.fingerprint)
-            run = _Run(graph, store, record.id, runners, options, observers, state_dir, serve, sock)
-            return _drive(run, previous)
+            runners = Runners(
+                plan,
+                Path(record.plan_path).parent,
+                options.kill_grace_s,
+                options.backend,
+                options.ray_address,
+            )
+            with runners.started():  # the Ray backend connects before anything is written
+                if digest != record.fingerprint:
+                    store.adopt_plan(record.id, digest, text, graph.task_ids)
+                previous = store.tasks(record.id)
+                store.event(record.id, "run_resumed", plan_changed=digest != record.fingerprint)
+                run = _Run(
+                    graph, store, record.id, runners, options, observers, state_dir, serve, sock
+                )
+                return _drive(run, previous)
         finally:
             store.close()
 
@@ -263,6 +274,8 @@ class _Run:
 
 def _drive(run: _Run, previous: dict[str, Any] | None) -> int:
     run.store.set_run_status(run.run_id, "running", pid=os.getpid())
+    if run.runners.ray is not None:  # where the Python agents' actors run
+        run.store.event(run.run_id, "ray_backend", **run.runners.ray.describe())
     return asyncio.run(_main(run, previous))
 
 

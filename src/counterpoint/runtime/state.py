@@ -14,7 +14,10 @@ last-writer    the value committed last wins
 merge          lists are unioned in order, objects merged key by key (a clash
                of two different plain values escalates), or ``reducer``
                (``module:function(key, current, new)``) computes the value
-vote           the value most of the key's writers wrote; a tie escalates
+vote           with voters (the policy's ``voters`` or ``settings.voting.voters``): a
+               ballot among the written values decides (the run engine holds it, see
+               :mod:`counterpoint.runtime.voting`); without: the value most of the
+               key's writers wrote. A tie escalates
 escalate       a person decides (``counterpoint resolve``), the default
 =============  ===============================================================
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,8 +168,10 @@ class SharedState:
         *,
         load_reducer: Callable[[str], Reducer] | None = None,
         wall: Callable[[], float] = time.time,
+        voters: Sequence[str] = (),
     ) -> None:
         self.spec = spec
+        self.voters = list(voters)  # settings.voting.voters: the vote policy's default
         self.store = store
         self.run_id = run_id
         self.g = graph
@@ -366,6 +371,8 @@ class SharedState:
             if len(top) == 1:
                 winner, why = top[0], "the higher-priority task wins"
         elif policy.policy == "vote":
+            if policy.voters or self.voters:
+                return  # a ballot among the voters decides (decide_by_vote), else a person
             tally: dict[str, list[str]] = {}
             for task in order:
                 tally.setdefault(_canon(c.candidates[task]), []).append(task)
@@ -474,6 +481,27 @@ class SharedState:
                 "winner": task,
                 "reason": "decided by a person",
                 "value": value,
+            },
+        )
+        self._save_conflict(c)
+        return c
+
+    def decide_by_vote(self, conflict_id: int, value: Any, reason: str, **details: Any) -> Conflict:
+        """The ballot of a ``vote`` conflict chose ``value`` (one of its candidates)."""
+        c = self.conflicts.get(conflict_id)
+        if c is None or c.status != "open":
+            raise StateError(f"conflict {conflict_id} is not open")
+        winner = next((t for t in c.tasks if _canon(c.candidates[t]) == _canon(value)), None)
+        self._settle(
+            c,
+            value,
+            {
+                "by": "vote",
+                "policy": "vote",
+                "winner": winner,
+                "reason": reason,
+                "value": value,
+                **details,
             },
         )
         self._save_conflict(c)

@@ -126,6 +126,8 @@ class Steering:
             failed = ConditionResult("error", "evaluation", False, f"{type(exc).__name__}: {exc}")
             status = "blocked" if site.side == "entry" else "incomplete"
             report = GateReport(site.gate_id, phase, status, [failed], milestone)
+        me = asyncio.current_task()  # tasks spawned meanwhile may have moved its node
+        v = next((node for node, task in self.gates_running.items() if task is me), v)
         self.completions.append(Completion(v, 0, "gate", report=report))
         self.wake.set()
 

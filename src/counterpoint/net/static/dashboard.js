@@ -157,7 +157,12 @@
       if (key === "tasks") {
         for (const row of value) {
           const known = ui.tasks.get(row.id);
-          if (known) Object.assign(known, row);
+          if (known) {
+            Object.assign(known, row);
+          } else {  // a task spawned while the run goes on
+            ui.tasks.set(row.id, row);
+            ui.order.push(row.id);
+          }
         }
         ui.view.tasksVersion = (ui.view.tasksVersion || 0) + 1;
       } else if (key !== "type" && key !== "now") {
