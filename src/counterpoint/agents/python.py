@@ -77,13 +77,18 @@ class PythonRunner:
         self.func = load_callable(target, plan_dir)
 
     async def __call__(self, ctx: TaskContext) -> dict[str, Any]:
-        if inspect.iscoroutinefunction(self.func):
-            value = await self.func(ctx.task, ctx)
-        else:
-            value = await in_daemon_thread(self.func, ctx.task, ctx)
-            if inspect.isawaitable(value):
-                value = await value
-        return _as_result(value, self.target)
+        return _as_result(await call_agent(self.func, ctx.task, ctx), self.target)
+
+
+async def call_agent(func: Callable[..., Any], *args: Any) -> Any:
+    """Await a coroutine function on this loop; call a plain one in a daemon thread (and
+    await what it returns if that is awaitable)."""
+    if inspect.iscoroutinefunction(func):
+        return await func(*args)
+    value = await in_daemon_thread(func, *args)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
 
 
 async def in_daemon_thread(func: Callable[..., Any], *args: Any) -> Any:

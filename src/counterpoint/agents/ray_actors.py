@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from counterpoint.agents.base import AgentLost, RateLimited, StateView, TaskContext, TaskFailed
-from counterpoint.agents.python import _as_result, in_daemon_thread, load_callable
+from counterpoint.agents.python import _as_result, call_agent, load_callable
 from counterpoint.errors import CounterpointError
 from counterpoint.plan.model import AgentSpec, RayAgent, RaySettings
 
@@ -228,12 +228,7 @@ class AgentSlot:
 
     async def _attempt(self, ctx: RayTaskContext) -> tuple[Any, ...]:
         try:
-            if inspect.iscoroutinefunction(self.func):
-                value = await self.func(ctx.task, ctx)
-            else:
-                value = await in_daemon_thread(self.func, ctx.task, ctx)
-                if inspect.isawaitable(value):
-                    value = await value
+            value = await call_agent(self.func, ctx.task, ctx)
             return (DONE, _as_result(value, self.target), ctx.state.writes)
         except TaskFailed as exc:
             return (FAILED, str(exc))

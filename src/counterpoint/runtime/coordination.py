@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,7 @@ from counterpoint.runtime.canvass import (
     takes_two,
 )
 from counterpoint.runtime.events import TaskState
+from counterpoint.runtime.handles import LoopBound
 from counterpoint.runtime.voting import (
     ABANDONED,
     DECIDED,
@@ -193,14 +194,14 @@ class _Call:
         return f"waiting for proposals (call {self.rounds})"
 
 
-@dataclass
-class DecisionHandle:
+class DecisionHandle(LoopBound):
     """What one task attempt uses to propose decisions (safe from a plain function's
     thread as well as from a coroutine)."""
 
-    orch: Coordination
-    task: int
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    def __init__(self, orch: Coordination, task: int) -> None:
+        super().__init__()
+        self.orch = orch
+        self.task = task
 
     async def propose(
         self,
@@ -210,11 +211,11 @@ class DecisionHandle:
         quorum: int | str | None = None,
         deadline: float | str | None = None,
     ) -> Decision:
-        if self._on_loop():
-            return await self.orch.propose_decision(
-                self.task, question, options, voters, quorum, deadline
-            )
-        raise RuntimeError("propose_decision must be awaited on the run's event loop")
+        if not self.on_loop():
+            raise RuntimeError("propose_decision must be awaited on the run's event loop")
+        return await self.orch.propose_decision(
+            self.task, question, options, voters, quorum, deadline
+        )
 
     def propose_blocking(
         self,
@@ -224,18 +225,8 @@ class DecisionHandle:
         quorum: int | str | None = None,
         deadline: float | str | None = None,
     ) -> Decision:
-        if self._on_loop():
-            raise RuntimeError(
-                "propose_decision_sync() blocks: an async agent awaits propose_decision()"
-            )
-        coro = self.orch.propose_decision(self.task, question, options, voters, quorum, deadline)
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def _on_loop(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            return False
+        work = self.orch.propose_decision(self.task, question, options, voters, quorum, deadline)
+        return self.blocking(work, "propose_decision")
 
 
 class Coordination:

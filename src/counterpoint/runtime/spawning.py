@@ -42,6 +42,7 @@ from counterpoint.errors import PlanError
 from counterpoint.plan.graph import Graph, SpawnedTask
 from counterpoint.plan.model import Plan, Task
 from counterpoint.runtime.events import Completion, TaskState
+from counterpoint.runtime.handles import LoopBound
 from counterpoint.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -136,47 +137,33 @@ def _placed(graph: Graph, records: Iterable[SpawnRecord]) -> list[SpawnedTask]:
     return [SpawnedTask(r.task, r.parent, index[r.milestone], r.depth) for r in records]
 
 
-class SpawnHandle:
+class SpawnHandle(LoopBound):
     """What one attempt of a task uses to spawn children and wait for them.
 
     Safe to call from the thread a plain (non-async) Python agent runs in.
     """
 
     def __init__(self, orch: Spawning, task: int, attempt: int) -> None:
+        super().__init__()
         self.orch = orch
         self.task = task
         self.attempt = attempt
-        self.loop = asyncio.get_running_loop()
         self.spawned: list[str] = []  # by this attempt, in order
 
     def spawn(self, specs: Sequence[dict[str, Any] | Task]) -> list[str]:
-        if self._on_loop():
+        if self.on_loop():
             return self.orch.spawn_children(self, specs)
-        future = asyncio.run_coroutine_threadsafe(self._spawn(specs), self.loop)
-        return future.result()
-
-    async def _spawn(self, specs: Sequence[dict[str, Any] | Task]) -> list[str]:
-        return self.orch.spawn_children(self, specs)
+        return self.blocking(self.spawn_async(list(specs)), "spawn")
 
     async def spawn_async(self, specs: list[Any]) -> list[str]:
-        """:meth:`spawn` for the control channel of a program (on the run's loop)."""
+        """:meth:`spawn` on the run's loop (the control channel of a program uses it)."""
         return self.orch.spawn_children(self, specs)
 
     async def wait(self, ids: Sequence[str] | None = None) -> dict[str, ChildOutcome]:
         return await self.orch.wait_for_children(self, ids)
 
     def wait_blocking(self, ids: Sequence[str] | None = None) -> dict[str, ChildOutcome]:
-        if self._on_loop():
-            raise SpawnError(
-                "wait_for_children_sync() blocks: an async agent awaits wait_for_children()"
-            )
-        return asyncio.run_coroutine_threadsafe(self.wait(ids), self.loop).result()
-
-    def _on_loop(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            return False
+        return self.blocking(self.wait(ids), "wait_for_children")
 
 
 class Spawning:
