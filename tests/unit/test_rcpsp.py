@@ -2,7 +2,7 @@
 lower bounds and CP-SAT.
 
 Every plan-level schedule is checked by the independent checker of ``test_schedule``
-(:func:`assert_feasible`); RCPSP-level solutions by :func:`feasible`, written here
+(:func:`assert_feasible`); RCPSP-level solutions by :func:`assert_solution_feasible`, written here
 from the problem's definition without the scheduler's code.
 """
 
@@ -29,7 +29,7 @@ EPS = 1e-6
 # An independent checker for RCPSP solutions
 
 
-def feasible(problem: Problem, sol: Solution) -> None:
+def assert_solution_feasible(problem: Problem, sol: Solution) -> None:
     n = len(problem.duration)
     ends = [sol.start[j] + problem.duration[j] for j in range(n)]
     assert sol.makespan == max(ends, default=0)
@@ -154,7 +154,7 @@ def test_cp_sat_improves_a_poor_hint_and_proves_it() -> None:
     found = solve(problem, time_limit=10, hint=poor)
     assert found.proven and found.lower_bound == 3
     assert found.solution is not None and found.solution.makespan == 3
-    feasible(problem, found.solution)
+    assert_solution_feasible(problem, found.solution)
 
 
 def test_a_schedule_that_meets_the_energy_bound_is_optimal_without_search() -> None:
@@ -267,16 +267,16 @@ def problems(draw: st.DrawFn, max_n: int = 9) -> Problem:
 @settings(max_examples=80, deadline=None)
 @given(problems(), st.integers(0, 5))
 def test_every_solution_of_a_random_problem_is_feasible(problem: Problem, seed: int) -> None:
-    feasible(problem, single_pass(problem))
+    assert_solution_feasible(problem, single_pass(problem))
     result = Search(problem, seed=seed).run(max_schedules=90, time_limit=30)
-    feasible(problem, result.best)
+    assert_solution_feasible(problem, result.best)
 
 
 @settings(max_examples=25, deadline=None)
 @given(problems(max_n=5))
 def test_the_search_reaches_the_optimum_of_tiny_problems(problem: Problem) -> None:
     result = Search(problem, seed=1).run(max_schedules=400, time_limit=30)
-    feasible(problem, result.best)
+    assert_solution_feasible(problem, result.best)
     assert result.best.makespan == brute_force_optimum(problem)
 
 
@@ -291,7 +291,7 @@ def test_agent_groups_are_never_overbooked() -> None:
         problem = Problem(
             [rng.randint(1, 3) for _ in range(n)], preds, capacity, demand, alternatives
         )
-        feasible(problem, Search(problem, seed=3).run(max_schedules=150).best)
+        assert_solution_feasible(problem, Search(problem, seed=3).run(max_schedules=150).best)
 
 
 # ---------------------------------------------------------------------------
