@@ -62,21 +62,23 @@ def layered_needs(n: int, seed: int = 7) -> list[list[int]]:
     return needs
 
 
+def dag_phases(n: int) -> list[str]:
+    """The ``phases:`` lines of a plan holding the layered DAG of ``n`` tasks."""
+    lines = ["phases:", "  - id: p", "    milestones:", "      - id: m", "        tasks:"]
+    for i, deps in enumerate(layered_needs(n)):
+        needs = ", ".join(f"t{j}" for j in deps)
+        lines.append(f"          - {{id: t{i}, estimate: 1s, needs: [{needs}]}}")
+    return lines
+
+
 def write_plan(folder: Path, n: int) -> Path:
     lines = [
         "version: 1",
         f"name: dispatch-{n}",
         "agents:",
         "  worker: {capacity: 100000, runner: {python: 'bench_agents:noop'}}",
-        "phases:",
-        "  - id: p",
-        "    milestones:",
-        "      - id: m",
-        "        tasks:",
+        *dag_phases(n),
     ]
-    for i, deps in enumerate(layered_needs(n)):
-        needs = ", ".join(f"t{j}" for j in deps)
-        lines.append(f"          - {{id: t{i}, estimate: 1s, needs: [{needs}]}}")
     path = folder / f"plan-{n}.yaml"
     path.write_text("\n".join(lines) + "\n")
     (folder / "bench_agents.py").write_text(AGENTS_MODULE)

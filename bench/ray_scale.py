@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dispatch import WIDTH, layered_needs
+from dispatch import WIDTH, dag_phases, layered_needs
 
 OBJECT_STORE = 200 * 1024 * 1024
 
@@ -56,15 +56,8 @@ def write_plan(folder: Path, n: int, actors: int, cpus: int) -> Path:
         f"  ray: {{num_cpus: {cpus}, object_store_memory: {OBJECT_STORE}}}",
         "agents:",
         f"  worker: {{capacity: {actors}, runner: {{python: 'ray_bench_agents:noop'}}}}",
-        "phases:",
-        "  - id: p",
-        "    milestones:",
-        "      - id: m",
-        "        tasks:",
+        *dag_phases(n),
     ]
-    for i, deps in enumerate(layered_needs(n)):
-        needs = ", ".join(f"t{j}" for j in deps)
-        lines.append(f"          - {{id: t{i}, estimate: 1s, needs: [{needs}]}}")
     path = folder / f"plan-{n}-{actors}.yaml"
     path.write_text("\n".join(lines) + "\n")
     (folder / "ray_bench_agents.py").write_text(AGENTS_MODULE)
