@@ -9,12 +9,13 @@ EXAMPLE := examples/cloud-migration/plan.yaml
 OUT := demo-out
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit faults bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,fast]'
+	$(BIN)/python -m counterpoint.plan._sgs_kernels  # compile plan's search once (numba cache)
 	touch $(STAMP)
 
 # the dashboard's browser tests drive Debian's chromium (Playwright never downloads one);
@@ -55,6 +56,15 @@ unit: $(STAMP) $(BROWSER_STAMP) $(RAY_STAMP)
 	CI=$${CI:-1} $(BIN)/pytest  # CI set: the browser tests fail, never skip, without chromium
 
 test: lint typecheck unit
+
+# the fault-injection suite at full size (docs/reliability.md); figures in $(OUT)/fault-figures.json
+faults: $(STAMP)
+	@mkdir -p $(OUT)
+	rm -f $(OUT)/fault-figures.json
+	COUNTERPOINT_FAULTS=full COUNTERPOINT_FAULT_FIGURES=$(CURDIR)/$(OUT)/fault-figures.json \
+		$(BIN)/pytest tests/faults --timeout 3600 -q
+	@$(BIN)/python -c 'import json, sys; d = json.load(open(sys.argv[1])); \
+		[print(f"{k:48} {v}") for k, v in sorted(d.items())]' $(OUT)/fault-figures.json
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench,ray]'

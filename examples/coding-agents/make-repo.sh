@@ -36,6 +36,32 @@ def test_shout() -> None:
     assert shout("hi") == "HI"
 PY
 
+# The plans' check command: runs every test_* function of tests/test_*.py (no pytest needed).
+cat > tests/run.py <<'PY'
+"""Run every test function of tests/test_*.py; exit 1 if one fails."""
+import importlib.util
+import pathlib
+import sys
+import traceback
+
+root = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(root.parent))
+failed = 0
+for path in sorted(root.glob("test_*.py")):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in sorted(n for n in vars(module) if n.startswith("test_")):
+        try:
+            getattr(module, name)()
+        except Exception:
+            failed += 1
+            print(f"FAILED {path.name}::{name}")
+            traceback.print_exc()
+print(f"{'FAILED' if failed else 'ok'}: {failed} failed")
+sys.exit(1 if failed else 0)
+PY
+
 printf '# textkit\n\nSmall text helpers.\n' > README.md
 printf '# Changelog\n\n## Unreleased\n\n' > CHANGELOG.md
 printf '__pycache__/\n' > .gitignore

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import ssl
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,8 +24,9 @@ from counterpoint.cli_run import (
     serving,
     state_option,
     sync_option,
+    tls_options,
 )
-from counterpoint.net.tokens import TokenError, TokenStore
+from counterpoint.net.tokens import Kind, TokenError, TokenStore
 
 if TYPE_CHECKING:
     from counterpoint.net.client import AgentConfig
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 @click.option(
     "--port", type=click.IntRange(0, 65535), help="Port (default 8765; 0 picks a free one)."
 )
+@tls_options
 @sync_option
 @output_options
 def serve(
@@ -48,8 +51,9 @@ def serve(
 ) -> None:
     """Serve the latest run in the state directory: resume it with its hub listening.
 
-    Remote agents connect to ws://HOST:PORT/agents/ID/ws; operators use /api/run.
-    The same as `counterpoint resume --serve`.
+    Remote agents connect to ws://HOST:PORT/agents/ID/ws (wss:// with --tls-cert);
+    operators use the dashboard at http://HOST:PORT/ and /api/run. The same as
+    `counterpoint resume --serve`.
     """
     resume_latest(state, False, sync, False, serving(True, host, port), quiet, as_json)
 
@@ -137,6 +141,14 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Longest wait in seconds between reconnection attempts.",
 )
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, exists=True, readable=True),
+    envvar="COUNTERPOINT_TLS_CA",
+    metavar="FILE",
+    help="A CA certificate (PEM) to trust for a wss:// hub, e.g. its self-signed "
+    "certificate (or $COUNTERPOINT_TLS_CA); the system's CAs are trusted anyway.",
+)
 @click.option("--once", is_flag=True, help="Exit when the run finishes (else wait for the next).")
 @click.option("--verbose", "-v", is_flag=True, help="Log every connection event.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -152,6 +164,7 @@ def agent(
     bid: str | None,
     vote: str | None,
     backoff_max: float,
+    tls_ca: str | None,
     once: bool,
     verbose: bool,
     command: tuple[str, ...],
@@ -187,8 +200,14 @@ def agent(
         once=once,
         bid=bid,
         vote=vote,
+        tls_ca=tls_ca,
     )
     _check_responders(config)
+    if tls_ca:
+        try:
+            config.ssl_context() or ssl.create_default_context(cafile=tls_ca)
+        except (ssl.SSLError, OSError) as exc:
+            fail(f"--tls-ca {tls_ca}: not a PEM certificate file ({exc})")
     client = AgentClient(config)
 
     async def main() -> None:
@@ -231,18 +250,25 @@ def _tokens(state: str | None) -> TokenStore:
     return TokenStore(Path(state) if state else Path(".counterpoint"))
 
 
+def _kind(operator: bool, viewer: bool) -> Kind:
+    if operator and viewer:
+        fail("--operator and --viewer are two kinds of token: give one")
+    return "operator" if operator else "viewer" if viewer else "agent"
+
+
 @token.command("create")
 @click.argument("name")
 @click.option("--operator", is_flag=True, help="An operator token (control actions) for NAME.")
+@click.option("--viewer", is_flag=True, help="A viewer token for NAME: the dashboard, read-only.")
 @state_option
-def token_create(name: str, operator: bool, state: str | None) -> None:
+def token_create(name: str, operator: bool, viewer: bool, state: str | None) -> None:
     """Print a new token for agent NAME (shown once; stored hashed)."""
     store = _tokens(state)
+    kind = _kind(operator, viewer)
     try:
-        value = store.create(name, "operator" if operator else "agent")
+        value = store.create(name, kind)
     except TokenError as exc:
         fail(str(exc))
-    kind = "operator" if operator else "agent"
     err.print(f"token for {kind} {esc(name)} (shown once; its hash is in {esc(str(store.path))}):")
     click.echo(value)
 
@@ -273,13 +299,15 @@ def token_list(state: str | None, as_json: bool) -> None:
 @token.command("revoke")
 @click.argument("name")
 @click.option("--operator", is_flag=True, help="Revoke NAME's operator token.")
+@click.option("--viewer", is_flag=True, help="Revoke NAME's viewer token.")
 @state_option
-def token_revoke(name: str, operator: bool, state: str | None) -> None:
-    """Revoke NAME's token: its next connection is refused."""
+def token_revoke(name: str, operator: bool, viewer: bool, state: str | None) -> None:
+    """Revoke NAME's token: its next connection is refused, its dashboard sessions end."""
+    kind = _kind(operator, viewer)
     try:
-        found = _tokens(state).revoke(name, "operator" if operator else "agent")
+        found = _tokens(state).revoke(name, kind)
     except TokenError as exc:
         fail(str(exc))
     if not found:
-        fail(f"no {'operator' if operator else 'agent'} token for {name!r}", EXIT_INVALID)
+        fail(f"no {kind} token for {name!r}", EXIT_INVALID)
     err.print(f"revoked the token of {esc(name)}")

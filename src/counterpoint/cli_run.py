@@ -16,10 +16,12 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from counterpoint import live
+from counterpoint.agents.best_of import candidate_line, read_candidates
 from counterpoint.cli import EXIT_INVALID, EXIT_OK, cli, err, fail, out
 from counterpoint.errors import CounterpointError, PlanError
 from counterpoint.plan.graph import Graph
 from counterpoint.runtime.events import RunObserver
+from counterpoint.runtime.governor import read_usage, usage_text, usage_totals
 from counterpoint.runtime.orchestrator import RunOptions, task_log_dir
 from counterpoint.runtime.session import (
     ServeOptions,
@@ -90,6 +92,7 @@ sync_option = click.option(
 
 
 def serve_options(func: Any) -> Any:
+    func = tls_options(func)
     func = click.option(
         "--port",
         type=click.IntRange(0, 65535),
@@ -108,10 +111,69 @@ def serve_options(func: Any) -> Any:
     return func
 
 
+_SECURITY = "counterpoint.serve-security"
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta.setdefault(_SECURITY, {})[param.name] = value
+    return value
+
+
+def tls_options(func: Any) -> Any:
+    """``--allowed-host``, ``--tls-cert``, ``--tls-key`` (docs/security.md): kept in the
+    click context, where :func:`serving` finds them."""
+    func = click.option(
+        "--allowed-host",
+        "allowed_hosts",
+        multiple=True,
+        metavar="NAME[:PORT]",
+        expose_value=False,
+        callback=_remember,
+        help="A Host name the server answers to besides loopback (repeatable): the name "
+        "browsers and agents use to reach it.",
+    )(func)
+    func = click.option(
+        "--tls-key",
+        metavar="FILE",
+        expose_value=False,
+        callback=_remember,
+        help="The private key (PEM) of --tls-cert.",
+    )(func)
+    func = click.option(
+        "--tls-cert",
+        metavar="FILE",
+        expose_value=False,
+        callback=_remember,
+        help="Serve HTTPS and WSS with this certificate (PEM; needs --tls-key).",
+    )(func)
+    return func
+
+
 def serving(serve: bool, host: str | None, port: int | None) -> ServeOptions | None:
+    ctx = click.get_current_context(silent=True)
+    given = ctx.meta.get(_SECURITY, {}) if ctx is not None else {}
+    tls_cert, tls_key = given.get("tls_cert"), given.get("tls_key")
+    allowed_hosts = tuple(given.get("allowed_hosts") or ())
     if not (serve or host or port is not None):
+        if tls_cert or tls_key or allowed_hosts:
+            fail("--tls-cert, --tls-key and --allowed-host need --serve (or --host, --port)")
         return None
-    return ServeOptions(host or "127.0.0.1", 8765 if port is None else port)
+    from counterpoint.net.security import check_hosts, exposure_warning, tls_problem
+
+    problem = tls_problem(tls_cert, tls_key)
+    if problem is not None:
+        fail(problem)
+    try:
+        check_hosts(allowed_hosts)
+    except ValueError as exc:
+        fail(str(exc))
+    address = host or "127.0.0.1"
+    warning = exposure_warning(address, tls_cert is not None)
+    if warning is not None:
+        err.print(f"[bold yellow]{esc(warning)}[/]")
+    return ServeOptions(
+        address, 8765 if port is None else port, tuple(allowed_hosts), tls_cert, tls_key
+    )
 
 
 def backend_options(func: Any) -> Any:
@@ -297,6 +359,7 @@ def _print_summary(directory: Path, graph: Graph | None) -> None:
     try:
         record = latest(store, directory)
         tasks = store.tasks(record.id)
+        budget = store.events_of_kind(record.id, "budget_reached")
     finally:
         store.close()
     counts = _tally(tasks)
@@ -306,6 +369,8 @@ def _print_summary(directory: Path, graph: Graph | None) -> None:
         if rec.state in ("failed", "blocked"):
             why = rec.error if rec.state == "failed" else f"blocked by {rec.blocked_by}"
             out.print(f"[red]{rec.state}[/] {esc(rec.task)}: {esc(str(why))}")
+    for reached in budget[:1]:
+        out.print(f"[red]budget reached[/]: {esc(str(reached.get('message', '')))}")
     out.print(f"run {record.id}: {record.status} (state in {esc(str(directory))})")
 
 
@@ -337,10 +402,16 @@ def status(state: str | None, as_json: bool) -> None:
         tasks = store.tasks(record.id)
         agents = store.agent_states(record.id)
         gates = {e.get("gate"): e for e in store.events_of_kind(record.id, "gate_evaluated")}
+        coding = usage_totals(read_usage(store, record.id))
+        candidates = read_candidates(store, record.id)
     finally:
         store.close()
     alive = lock_holder(state_dir_of(state)) is not None
     report = _status_report(record, tasks, agents, alive)
+    if coding["run"]["attempts"]:
+        report["coding"] = coding
+    if candidates:
+        report["candidates"] = candidates
     report["gates"] = [
         {"gate": g, "status": e.get("status"), "conditions": e.get("results", [])}
         for g, e in gates.items()
@@ -407,6 +478,18 @@ def _print_status(report: dict[str, Any]) -> None:
         waiting = [c["message"] for c in gate["conditions"] if c.get("passed") is not True]
         note = f": {'; '.join(waiting)}" if waiting and gate["status"] != "completed" else ""
         out.print(f"gate {esc(str(gate['gate']))}: {gate['status']}{esc(note)}")
+    if "coding" in report:
+        _print_coding(report["coding"])
+    for c in report.get("candidates", []):
+        out.print(esc(candidate_line(c)))
+
+
+def _print_coding(coding: dict[str, Any]) -> None:
+    """Cost and tokens of the run's coding agents, per run, phase, agent and task."""
+    out.print(f"coding agents: {usage_text(coding['run'])}")
+    for scope in ("phase", "agent", "task"):
+        for name, bucket in coding[f"by_{scope}"].items():
+            out.print(f"  {scope} {esc(name)}: {usage_text(bucket)}")
 
 
 @cli.command()
@@ -477,6 +560,7 @@ def logs(task: str, attempt: int | None, state: str | None) -> None:
     try:
         rows = store.attempts(record.id, task)
         known = store.tasks(record.id)
+        candidates = read_candidates(store, record.id, task)
     finally:
         store.close()
     if task not in known:
@@ -491,7 +575,11 @@ def logs(task: str, attempt: int | None, state: str | None) -> None:
         out.print(f"[bold]attempt {number}[/] on {esc(agent or '-')}: {outcome} ({took})")
         if error:
             out.print(f"  error: {esc(error)}")
-        _print_logs(task_log_dir(state_dir_of(state), record.id, task), number)
+        logs_dir = task_log_dir(state_dir_of(state), record.id, task)
+        _print_logs(logs_dir, number)
+        for c in (c for c in candidates if c["attempt"] == number):  # best-of-N
+            out.print(f"  {esc(candidate_line(c))}")
+            _print_logs(logs_dir / f"candidate-{c['candidate']}", number)
     if attempt is not None and all(r[0] != attempt for r in rows):
         fail(f"{task} has no attempt {attempt}")
     result = known[task].result

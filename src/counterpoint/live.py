@@ -29,6 +29,7 @@ _AGENT_NOTES = {
     "agent_connected": "agent {agent} connected",
     "agent_disconnected": "agent {agent} disconnected; waiting for it to reconnect",
     "agent_lost": "agent {agent} lost: {reason}",
+    "budget_reached": "budget reached: {message}",
 }
 
 

@@ -1,7 +1,8 @@
 """The ready queue: which ready task goes next, grouped by what the tasks demand.
 
-Order: priority class (critical first), then the longest remaining path (the
-critical path first), then arrival. A task that has waited ``aging_s`` moves up
+Order: priority class (critical first), then the task's key (its planned start in
+the plan's schedule, see :mod:`counterpoint.runtime.dispatch_order`, or its latest
+start: the critical path first), then arrival. A task that has waited ``aging_s`` moves up
 one class, and so on, so a flood of urgent work cannot starve the rest.
 
 Ready tasks with the same demand (able agents and resource units) share a
@@ -13,10 +14,11 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 CLASSES = 4
-Entry = tuple[float, int, int]  # (-remaining path, sequence, task)
+Key = tuple[float, float]  # smaller first: (planned start, latest start) or (latest start, 0)
+Entry = tuple[Key, int, int]  # (key, sequence, task)
 
 
 class _Group:
@@ -27,15 +29,15 @@ class _Group:
         self.since: dict[int, float] = {}
         self.held = -math.inf  # when the group's best task last could not start
 
-    def best(self, now: float, aging_s: float) -> tuple[tuple[float, int, float, int], int] | None:
+    def best(self, now: float, aging_s: float) -> tuple[tuple[float, int, Key, int], int] | None:
         """The group's next task with its sort key, or None when the group is empty."""
         found = None
         for cls, heap in enumerate(self.heaps):
             if not heap:
                 continue
-            neg_tail, seq, task = heap[0]
+            order, seq, task = heap[0]
             aged = cls - math.floor((now - self.since[task]) / aging_s) if aging_s else cls
-            key = (float(aged), cls, neg_tail, seq)
+            key = (float(aged), cls, order, seq)
             if found is None or key < found[0]:
                 found = (key, cls)
         return found
@@ -50,18 +52,18 @@ class ReadyQueue:
         self._seq = 0
         self.size = 0
 
-    def push(self, task: int, group: Hashable, cls: int, tail: float, now: float) -> None:
+    def push(self, task: int, group: Hashable, cls: int, key: Key, now: float) -> None:
         g = self.groups.get(group)
         if g is None:
             g = self.groups[group] = _Group()
         self._seq += 1
-        heapq.heappush(g.heaps[cls], (-tail, self._seq, task))
+        heapq.heappush(g.heaps[cls], (key, self._seq, task))
         g.since[task] = now
         self.size += 1
 
     def candidates(self, now: float) -> Iterator[tuple[Hashable, int]]:
         """(group, task) pairs, best first; after ``take`` the group offers its next task."""
-        ranked: list[tuple[tuple[float, int, float, int], int, Hashable]] = []
+        ranked: list[tuple[tuple[float, int, Key, int], int, Hashable]] = []
         for n, (group, g) in enumerate(self.groups.items()):
             best = g.best(now, self.aging_s)
             if best is not None:
@@ -108,6 +110,13 @@ class ReadyQueue:
     def hold_all(self, now: float) -> None:
         for g in self.groups.values():
             g.held = now
+
+    def reorder(self, key: Callable[[int], Key]) -> None:
+        """Give every queued task a new key (arrival order and waiting times kept)."""
+        for g in self.groups.values():
+            for cls, heap in enumerate(g.heaps):
+                g.heaps[cls] = [(key(task), seq, task) for _, seq, task in heap]
+                heapq.heapify(g.heaps[cls])
 
     def oldest_wait(self, now: float) -> float:
         """How long the task that has been ready longest has waited (0 when empty)."""

@@ -30,6 +30,7 @@ from counterpoint.runtime.alerts import read_alerts
 from counterpoint.runtime.canvass import read_questions
 from counterpoint.runtime.compensation import compensation_outcomes, read_rollbacks
 from counterpoint.runtime.escalation import SCHEMA as ESCALATION_SCHEMA
+from counterpoint.runtime.governor import read_usage, usage_text, usage_totals
 from counterpoint.runtime.sampling import read_samples, summary
 from counterpoint.runtime.spawning import read_spawned, run_graph
 from counterpoint.runtime.state import read_conflicts
@@ -411,6 +412,7 @@ def build_report(
         },
         "utilization": {"agents": agents_util, "resources": resources_util},
         "usage": {"by_agent": usage_agent, "by_phase": usage_phase},
+        "coding": usage_totals(read_usage(store, record.id)),  # every attempt, whole run
         "phases": _phases(plan, graph, tasks, by_task, planned, scale, now),
         "spawned": _spawned(store, record.id, tasks),
         "conflicts": conflicts,
@@ -666,6 +668,16 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _coding_section(coding: dict[str, Any] | None) -> list[tuple[str, list[Table], str]]:
+    """Cost and tokens of coding agents per run, phase, agent and task (when any ran)."""
+    if not coding or not coding["run"]["attempts"]:
+        return []
+    rows = [["run", "all", usage_text(coding["run"])]]
+    for scope in ("phase", "agent", "task"):
+        rows += [[scope, n, usage_text(b)] for n, b in coding[f"by_{scope}"].items()]
+    return [("Coding agents: cost and tokens", [(["by", "name", "cost and tokens"], rows)], "")]
+
+
 def _usage_text(usage: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sorted(usage.items())) or "-"
 
@@ -797,6 +809,7 @@ def _sections(report: Report) -> list[tuple[str, list[Table], str]]:
             "busy time over capacity x run wall time",
         ),
         ("Usage reported by agents", [(["by", "name", "usage"], usage_rows)], "no usage reported"),
+        *_coding_section(d.get("coding")),
         (
             "Phases",
             [(["phase", "tasks", "states", "planned duration", "actual duration"], phase_rows)],

@@ -7,7 +7,8 @@ days compressed into about a minute (its escalation levels made long enough for 
 to answer at that pace), approves its first two gates as team_lead over the API, and
 photographs the dashboard (headless Chromium) while the implementation phase runs beside
 the planning phase's gate, which waits for a sign-off. Writes ``dashboard.png`` (as
-operator team_lead) and ``dashboard-read-only.png`` into ``--out``, then cancels the run.
+operator team_lead) and ``dashboard-read-only.png`` (as a viewer) into ``--out``, then
+cancels the run.
 """
 
 from __future__ import annotations
@@ -41,15 +42,18 @@ def post(base: str, path: str, token: str) -> None:
     urllib.request.urlopen(request, timeout=10).close()
 
 
-def snapshot(base: str) -> dict[str, Any]:
-    with urllib.request.urlopen(base + "/api/snapshot", timeout=10) as answer:
+def snapshot(base: str, token: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        base + "/api/snapshot", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
         return json.loads(answer.read())  # type: ignore[no-any-return]
 
 
 def ready_for_photo(base: str, token: str, approved: set[str]) -> bool:
     """Approve the first gates as they wait; True once implementation is well under way
     while planning's gate waits."""
-    view = snapshot(base)
+    view = snapshot(base, token)
     for gate in view["gates"]:
         if gate["gate"] in APPROVE and gate["status"] == "waiting" and gate["gate"] not in approved:
             post(base, f"/api/gates/{gate['gate']}/approve", token)
@@ -71,6 +75,8 @@ def main() -> None:
         state = Path(tmp) / "state"
         made = cli("token", "create", "team_lead", "--operator", "--state", state)
         token = made.stdout.strip()
+        made = cli("token", "create", "visitor", "--viewer", "--state", state)
+        viewer = made.stdout.strip()
         run = Background(
             Path(tmp),
             *("run", example, "--state", state, "--serve", "--port", "0", "--json"),
@@ -88,7 +94,9 @@ def main() -> None:
                     executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
                 )
                 _photo(browser, f"{base}/#token={token}", out / "dashboard.png", "operator")
-                _photo(browser, f"{base}/", out / "dashboard-read-only.png", "read-only")
+                _photo(
+                    browser, f"{base}/#token={viewer}", out / "dashboard-read-only.png", "viewer"
+                )
                 browser.close()
             post(base, "/api/cancel", token)
             run.wait(timeout=30)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from run_helpers import PY, Workspace, journal, one_phase, plan, served, task
+from run_helpers import PY, Workspace, cli, journal, one_phase, plan, served, task
 
 try:
     from playwright.sync_api import Page, expect
@@ -71,9 +71,9 @@ def test_a_running_plan_updates_on_the_page_without_a_reload(page: Page, tmp_pat
             agents=agents(ws),
         )
     )
-    run, base, _ = served(ws)
+    run, base, token = served(ws)
     try:
-        page.goto(base + "/")
+        page.goto(f"{base}/#token={token}")
         expect(page.get_by_role("heading", level=1)).to_contain_text("live-plan")
         expect(page.locator("#connection")).to_have_text("live")
         expect(row(page, "hold").locator(".state")).to_have_text("running")
@@ -104,12 +104,13 @@ def test_an_operator_approves_a_gate_from_the_page_and_the_run_goes_to_the_end(
     try:
         page.goto(base + "/")
         gate = page.locator('[data-gate="build.exit"]')
-        expect(gate.locator(".badge")).to_have_text("waiting")
-        expect(page.locator("#who")).to_have_text("read-only")
+        expect(page.locator("#who")).to_have_text("signed out")
+        expect(gate).to_have_count(0)  # nothing of the run before signing in
 
-        page.get_by_label("Operator token").fill(token)
+        page.get_by_label("Token").fill(token)
         page.get_by_role("button", name="Sign in").click()
         expect(page.locator("#who")).to_have_text("operator alice")
+        expect(gate.locator(".badge")).to_have_text("waiting")
         page.get_by_label("Comment on build.exit").fill("looks good")
         page.get_by_role("button", name="Approve build.exit").click()
 
@@ -126,35 +127,59 @@ def test_an_operator_approves_a_gate_from_the_page_and_the_run_goes_to_the_end(
     assert final["results"][0]["message"] == "approved by alice"
 
 
-def test_a_read_only_visitor_has_no_controls_and_cannot_post_without_a_token(
+def test_a_visitor_sees_nothing_and_a_viewer_watches_without_controls(
     page: Page, tmp_path: Path
 ) -> None:
     ws = Workspace.create(tmp_path)
     gated_plan(ws)
     run, base, _ = served(ws, "alice")
+    made = cli("token", "create", "vera", "--viewer", "--state", ws.state)
+    assert made.code == 0, str(made)
+    viewer = made.stdout.strip()
+    gate = page.locator('[data-gate="build.exit"]')
     try:
-        page.goto(base + "/")
-        gate = page.locator('[data-gate="build.exit"]')
+        page.goto(base + "/")  # the public sign-in page: nothing of the run
+        expect(page.locator("#who")).to_have_text("signed out")
+        expect(page.locator("#signin-hint")).to_be_visible()
+        expect(page.locator("#connection")).to_have_text("sign in to follow the run")
+        expect(page.locator("#plan-name")).to_have_text("…")
+        expect(gate).to_have_count(0)
+        assert page.request.get(base + "/api/snapshot").status == 401
+        answer = page.request.post(base + "/api/gates/build.exit/approve", data={})
+        assert answer.status == 401
+        assert "operator token is required" in answer.json()["error"]
+        assert page.request.post(base + "/api/cancel").status == 401
+
+        page.get_by_label("Token").fill("cpt_not-a-real-token")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#notice")).to_contain_text("not an operator or viewer token")
+        expect(page.locator("#who")).to_have_text("signed out")
+
+        page.get_by_label("Token").fill(viewer)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#who")).to_have_text("viewer vera")
         expect(gate.locator(".badge")).to_have_text("waiting")
         expect(page.locator('tr[data-agent="dev"]')).to_be_visible()
-        expect(page.locator("#who")).to_have_text("read-only")
+        expect(page.locator("#connection")).to_have_text("live")
         for name in ("Approve build.exit", "Reject build.exit", "Put dev in maintenance"):
             expect(page.get_by_role("button", name=name)).to_have_count(0)
         expect(page.get_by_role("button", name="Cancel run")).to_be_hidden()
         expect(gate.locator("input")).to_have_count(0)
 
-        page.get_by_label("Operator token").fill("cpt_not-a-real-token")
-        page.get_by_role("button", name="Sign in").click()
-        expect(page.locator("#notice")).to_contain_text("not an operator token")
-        expect(page.locator("#who")).to_have_text("read-only")
-        expect(page.get_by_role("button", name="Approve build.exit")).to_have_count(0)
-
-        answer = page.request.post(base + "/api/gates/build.exit/approve", data={})
-        assert answer.status == 401
-        assert "operator token is required" in answer.json()["error"]
-        assert page.request.post(base + "/api/cancel").status == 401
-        snapshot = page.request.get(base + "/api/snapshot").json()
+        # the session is an HttpOnly, SameSite=Strict cookie the page's script cannot read
+        assert page.evaluate("document.cookie") == ""
+        (cookie,) = page.context.cookies()
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+        assert viewer not in json.dumps(page.context.storage_state())
+        snapshot = page.request.get(base + "/api/snapshot").json()  # the cookie goes along
         assert [g["status"] for g in snapshot["gates"]] == ["waiting"]
+        answer = page.request.post(base + "/api/gates/build.exit/approve", data={})
+        assert answer.status == 403 and "may only watch" in answer.json()["error"]
+
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.locator("#who")).to_have_text("signed out")
+        expect(gate).to_have_count(0)
+        assert page.request.get(base + "/api/snapshot").status == 401
         assert run.running()
     finally:
         run.stop()
@@ -173,6 +198,8 @@ def test_an_operator_puts_an_agent_in_maintenance_and_cancels_the_run(
         page.goto(f"{base}/#token={token}")
         expect(page.locator("#who")).to_have_text("operator carol")
         assert token not in page.url  # the token does not stay in the address
+        assert token not in json.dumps(page.context.storage_state())  # nor in the browser
+        assert token not in page.evaluate("JSON.stringify(history.state) + location.href")
 
         page.get_by_role("button", name="Put dev in maintenance").click()
         agent = page.locator('tr[data-agent="dev"]')

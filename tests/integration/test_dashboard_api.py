@@ -87,8 +87,8 @@ def token(ws: Workspace, name: str, *kind: str) -> str:
     return made.stdout.strip()
 
 
-def gate_status(base: str) -> str:
-    return str(call(base, "/api/snapshot")[1]["gates"][0]["status"])
+def gate_status(base: str, token: str) -> str:
+    return str(call(base, "/api/snapshot", token)[1]["gates"][0]["status"])
 
 
 def test_the_api_refuses_bad_requests_with_clear_errors_and_keeps_serving(tmp_path: Path) -> None:
@@ -98,10 +98,12 @@ def test_the_api_refuses_bad_requests_with_clear_errors_and_keeps_serving(tmp_pa
     try:
         mallory = token(ws, "mallory", "--operator")
         agent = token(ws, "builder")
-        wait_for(lambda: gate_status(base) == "waiting", what="the gate to wait")
+        wait_for(lambda: gate_status(base, alice) == "waiting", what="the gate to wait")
         approve = "/api/gates/build.exit/approve"
 
+        viewer = token(ws, "vera", "--viewer")
         refused(call(base, approve, body={}), 401, "operator token is required")
+        refused(call(base, approve, viewer, {}), 403, "viewer 'vera' may only watch")
         refused(call(base, approve, agent, {}), 401, "not an operator token")
         refused(call(base, approve, "cpt_forged", {}), 401, "not an operator token")
         refused(call(base, approve, headers={"Authorization": f"Basic {alice}"}, body={}), 401)
@@ -116,7 +118,7 @@ def test_the_api_refuses_bad_requests_with_clear_errors_and_keeps_serving(tmp_pa
         refused(call(base, approve, alice, b"{}", headers=too_long), 413, "over 1 MiB")
         refused(call(base, "/api/gates/nope.exit/approve", alice, {}), 404, "unknown gate")
         refused(call(base, "/api/gates/code.exit/reject", alice, {}), 409, "no approval")
-        assert gate_status(base) == "waiting"  # nothing above was recorded
+        assert gate_status(base, alice) == "waiting"  # nothing above was recorded
 
         state = "/api/agents/dev/state"
         refused(call(base, state, body={"state": "maintenance"}), 401)
@@ -132,14 +134,20 @@ def test_the_api_refuses_bad_requests_with_clear_errors_and_keeps_serving(tmp_pa
         refused(call(base, resolve, alice, {"task": ["a"]}), 400, "task must be a string")
         refused(call(base, resolve, alice, {"task": "a"}), 404, "no conflict 1")
         refused(call(base, "/api/whoami"), 401)
-        refused(call(base, "/api/whoami", agent), 401, "not an operator token")
-        assert call(base, "/api/whoami", mallory)[:2] == (200, {"operator": "mallory"})
-        refused(call(base, "/api/nothing"), 404, "no such route", "/api/nothing")
-        refused(call(base, "/api/snapshot", body={}), 405, "POST is not allowed", "GET")
-        refused(call(base, "/api/cancel"), 405, "use POST")
-        refused(call(base, "/assets/..%2Fserver.py"), 404)
+        refused(call(base, "/api/whoami", agent), 401, "not an operator or viewer token")
+        assert call(base, "/api/whoami", mallory)[:2] == (
+            200,
+            {"name": "mallory", "role": "operator", "operator": "mallory"},
+        )
+        assert call(base, "/api/whoami", viewer)[:2] == (200, {"name": "vera", "role": "viewer"})
+        refused(call(base, "/api/nothing"), 401)  # not even whether it exists
+        refused(call(base, "/api/nothing", viewer), 404, "no such route", "/api/nothing")
+        refused(call(base, "/api/snapshot", viewer, {}), 405, "POST is not allowed", "GET")
+        refused(call(base, "/api/cancel", alice), 405, "use POST")
+        refused(call(base, "/assets/..%2Fserver.py"), 401)  # no asset of that name
+        refused(call(base, "/assets/..%2Fserver.py", viewer), 404)
         refused(call(base, "/assets/nothing.js"), 404, "no dashboard asset")
-        assert call(base, "/healthz")[0] == 200  # still well
+        assert call(base, "/healthz")[:2] == (200, {"status": "ok"})  # still well
 
         code, body, _ = call(base, approve, alice, {"comment": "ship it"})
         assert code == 202, body
@@ -158,7 +166,7 @@ def test_the_api_refuses_bad_requests_with_clear_errors_and_keeps_serving(tmp_pa
     assert [e["state"] for e in journal(ws, "agent_state")] == ["maintenance", "available"]
 
 
-def test_the_page_its_assets_the_snapshot_and_the_openapi_document_need_no_token(
+def test_the_page_and_its_assets_are_public_the_view_and_openapi_need_a_viewer(
     tmp_path: Path,
 ) -> None:
     ws = Workspace.create(tmp_path)
@@ -174,8 +182,11 @@ def test_the_page_its_assets_the_snapshot_and_the_openapi_document_need_no_token
             assert code == 200 and headers["Content-Type"].startswith(kind), name
             assert "//cdn" not in text and "https://" not in text  # nothing from elsewhere
 
-        wait_for(lambda: gate_status(base) == "waiting", what="the gate to wait")
-        code, view, _ = call(base, "/api/snapshot")
+        wait_for(lambda: gate_status(base, alice) == "waiting", what="the gate to wait")
+        viewer = token(ws, "vera", "--viewer")
+        for path in ("/api/snapshot", "/api/alerts", "/openapi.json"):
+            refused(call(base, path), 401, "token is required")
+        code, view, _ = call(base, "/api/snapshot", viewer)
         assert code == 200
         assert view["run"]["status"] == "running" and view["run"]["total"] == 2
         assert view["run"]["counts"]["completed"] == 1
@@ -188,12 +199,12 @@ def test_the_page_its_assets_the_snapshot_and_the_openapi_document_need_no_token
         assert view["gates"][0]["approvers"] == ["alice"]
         assert view["agents"][0]["name"] == "dev" and not view["agents"][0]["remote"]
         assert view["conflicts"] == []
-        code, alerts, _ = call(base, "/api/alerts")
+        code, alerts, _ = call(base, "/api/alerts", viewer)
         assert code == 200 and isinstance(alerts["alerts"], list)
         names = [(a["name"], a["severity"]) for a in alerts["alerts"]]
         assert names == [(a["name"], a["severity"]) for a in view["alerts"]]
 
-        code, doc, _ = call(base, "/openapi.json")
+        code, doc, _ = call(base, "/openapi.json", viewer)
         assert code == 200 and doc["openapi"].startswith("3.")
         for path, method in (
             ("/api/snapshot", "get"),
@@ -225,7 +236,11 @@ def test_the_live_feed_sends_a_snapshot_then_only_what_changed(tmp_path: Path) -
         with pytest.raises(InvalidStatus) as refused_page:  # a page of another site
             connect(feed, origin=Origin("http://elsewhere.example"), open_timeout=10)
         assert refused_page.value.response.status_code == 403
-        with connect(feed, open_timeout=10) as live:
+        with pytest.raises(InvalidStatus) as no_token:
+            connect(feed, open_timeout=10)
+        assert no_token.value.response.status_code == 401
+        auth = {"Authorization": f"Bearer {alice}"}
+        with connect(feed, open_timeout=10, additional_headers=auth) as live:
             first = json.loads(live.recv(timeout=10))
             assert first["type"] == "snapshot"
             assert len(first["tasks"]) == 301 and first["run"]["plan"] == "test-plan"
@@ -260,8 +275,8 @@ def test_a_resumed_run_shows_what_earlier_processes_did(tmp_path: Path) -> None:
     gated(ws)
     run, base, alice = served(ws, "alice")
     try:
-        wait_for(lambda: gate_status(base) == "waiting", what="the gate to wait")
-        before = call(base, "/api/snapshot")[1]["tasks"][0]
+        wait_for(lambda: gate_status(base, alice) == "waiting", what="the gate to wait")
+        before = call(base, "/api/snapshot", alice)[1]["tasks"][0]
         assert call(base, "/api/cancel", alice, {})[0] == 202
         assert run.wait(timeout=30).code == 3
     finally:
@@ -269,8 +284,8 @@ def test_a_resumed_run_shows_what_earlier_processes_did(tmp_path: Path) -> None:
     serve = Background(ws.dir, "serve", "--state", ws.state, "--port", "0", "--json")
     try:
         base = wait_for(lambda: listening(serve), what="the resumed run to listen")
-        wait_for(lambda: gate_status(base) == "waiting", what="the gate to wait again")
-        view = call(base, "/api/snapshot")[1]
+        wait_for(lambda: gate_status(base, alice) == "waiting", what="the gate to wait again")
+        view = call(base, "/api/snapshot", alice)[1]
         compiled = view["tasks"][0]
         assert (compiled["state"], compiled["agent"]) == ("completed", "dev")
         assert compiled["started"] == before["started"]

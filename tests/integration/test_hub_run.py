@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import urllib.error
@@ -20,6 +21,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from run_helpers import (
     task,
     wait_for,
 )
+from tls_helpers import self_signed
 
 from counterpoint.net.tokens import TokenStore
 from counterpoint.store.sqlite import SqliteStore
@@ -463,7 +466,7 @@ def test_the_operator_api_needs_an_operator_token_and_can_cancel_the_run(bench: 
     bench.agent(url, "builder", agent_token, "build")
     task_pid, _ = marker_of(marker)
 
-    assert http(f"{base}/healthz") == (200, {"status": "ok", "agents": 1})
+    assert http(f"{base}/healthz") == (200, {"status": "ok"})  # nothing about the run
     for token in (None, agent_token, "cpt_made-up"):
         code, body = http(f"{base}/api/run", token)
         assert code == 401, (token, body)
@@ -606,3 +609,35 @@ def test_serve_resumes_an_interrupted_served_run_without_redoing_finished_tasks(
     assert bench.ran() == {tid: ["builder"] for tid in ("s1", "s2", "mid", "s3")}
     report = status_json(bench.state)
     assert report["status"] == "completed" and report["counts"] == {"completed": 4}
+
+
+def test_a_run_served_over_tls_runs_its_remote_agent_over_wss(bench: Bench) -> None:
+    cert, key = self_signed(bench.dir)
+    bench.write_plan([task("s1", requires=["build"])], {"builder": remote("build")})
+    agent_token = bench.token("builder")
+    operator = TokenStore(bench.state).create("alice", "operator")
+    run = bench.start(
+        *("run", bench.plan, "--state", bench.state, "--serve", "--port", "0", "--json"),
+        *("--tls-cert", cert, "--tls-key", key),
+    )
+    url = run.wait_event("hub_listening")["url"]
+    assert url.startswith("wss://127.0.0.1:"), url
+    base = url.replace("wss://", "https://")
+    trusting = ssl.create_default_context(cafile=str(cert))
+    request = urllib.request.Request(
+        base + "/api/run", headers={"Authorization": f"Bearer {operator}"}
+    )
+    with urllib.request.urlopen(request, timeout=10, context=trusting) as answer:
+        assert answer.status == 200 and json.loads(answer.read())["counts"]
+    plain = url.replace("wss://", "http://")  # plain HTTP to the TLS port gets nowhere
+    with pytest.raises((urllib.error.URLError, ConnectionError, HTTPException)):
+        _DIRECT.open(plain + "/healthz", timeout=5).close()
+
+    agent = bench.agent(url, "builder", agent_token, "build", "--tls-ca", str(cert), "--once")
+    result = run.wait(timeout=30)
+    assert result.code == 0, str(result)
+    assert agent.wait(timeout=15).code == 0
+    assert bench.ran() == {"s1": ["builder"]}
+    assert "without TLS" not in result.stderr
+    for token in (agent_token, operator):
+        assert token not in result.output and token not in agent.result().output

@@ -26,6 +26,8 @@ from run_helpers import (
     wait_for,
 )
 
+from counterpoint.store.sqlite import SqliteStore
+
 # The shell starts `sleep 300` in the background (a grandchild of counterpoint),
 # writes "its own pid and the sleep's pid" to the pidfile, then waits for it.
 SLEEPER = ["sh", "-c", 'sleep 300 & echo "$$ $!" > "$1.tmp"; mv "$1.tmp" "$1"; wait', "sh"]
@@ -366,3 +368,34 @@ def test_cancel_stops_promptly_even_while_a_plain_function_agent_is_blocked(
     finally:
         (ws.dir / "stop").write_text("stop")  # release the agent's thread
         bg.stop()
+
+
+def test_a_resume_does_not_give_a_task_waiting_to_retry_a_fresh_retry_budget(
+    tmp_path: Path,
+) -> None:
+    ws = Workspace.create(tmp_path)
+    ws.write_plan(
+        one_phase(
+            [task("flaky", sleep=0.01, retries=2, inputs={"fail": True})],
+            agents={"w": agent_spec(ws)},
+            settings={"retry_backoff": "3s", "retry_backoff_max": "3s"},
+        )
+    )
+    bg = Background(ws.dir, "run", ws.plan, "--state", ws.state, "--quiet")
+    try:
+        # two failed attempts: the task now waits (3 s) for its last retry
+        wait_for(lambda: len(ws.runs_of("flaky")) >= 2, what="two failed attempts")
+        os.kill(bg.pid, signal.SIGKILL)
+        assert bg.wait(timeout=10).code == -signal.SIGKILL
+    finally:
+        bg.stop()
+    assert len(ws.runs_of("flaky")) == 2
+    resumed = cli("resume", "--state", ws.state, "--quiet")
+    assert resumed.code == 1, str(resumed)  # the task failed for good
+    # 1 + retries attempts in all, across the crash: one more, not three more
+    assert len(ws.runs_of("flaky")) == 3
+    store = SqliteStore(ws.state, create=False)
+    try:
+        assert [row[4] for row in store.attempts(1, "flaky")] == ["failed"] * 3
+    finally:
+        store.close()

@@ -2,12 +2,12 @@
 
 Every test makes its own repository in a temporary folder and runs plans whose agents
 are the example's fake coding agent (``examples/coding-agents/fake-agent.py``), which
-edits files as each task's ``inputs.edits`` say. The last tests run the example itself.
+edits files as each task's ``inputs.edits`` say (the example itself is run by
+test_coding_example.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -482,70 +482,3 @@ def test_a_runner_cwd_is_refused(tmp_path: Path, repo: Path) -> None:
     spec["agents"]["coder"]["runner"] = {"remote": True}  # remote agents are fine
     plan_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     check_worktree_agent(load_plan(plan_path), "coder")
-
-
-# -- the example ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def example(tmp_path: Path) -> Path:
-    folder = tmp_path / "coding-agents"
-    shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("repo", ".counterpoint"))
-    subprocess.run(["sh", str(folder / "make-repo.sh")], check=True, capture_output=True)
-    return folder
-
-
-def example_cli(folder: Path, *args: str | Path) -> Any:
-    path = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "PATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("COUNTERPOINT_STATE", None)
-    return subprocess.run(
-        [sys.executable, "-m", "counterpoint", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
-
-
-def test_the_coding_agents_example_runs_with_the_fake_agent(example: Path) -> None:
-    repo, state = example / "repo", example / "state"
-    first = example_cli(example, "run", example / "plan.yaml", "--state", state, "--json")
-    assert first.returncode == 1, first.stderr
-    events = [json.loads(line) for line in first.stdout.splitlines()]
-    conflicts = [e for e in events if e["event"] == "merge_conflict"]
-    assert [c["paths"] for c in conflicts] == [["textkit/core.py"]]
-    loser = conflicts[0]["task"]
-    assert loser in ("greeting-en", "greeting-fr")
-    blocked = [e["task"] for e in events if e["event"] == "task_blocked"]
-    assert blocked == ["changelog"]
-    completed = {e["task"] for e in events if e["event"] == "task_completed"}
-    assert completed == {"slugify", "wrap", "tests", "greeting-en", "greeting-fr"} - {loser}
-    assert Path(conflicts[0]["diff_path"]).is_file()
-    # Retrying the conflicting task runs it again on top of the merged work.
-    second = example_cli(example, "resume", "--state", state, "--retry-failed", "--quiet")
-    assert second.returncode == 0, second.stdout + second.stderr
-    git(repo, "checkout", "--quiet", INTEGRATION)
-    core = (repo / "textkit" / "core.py").read_text()
-    assert "def slugify" in core and "GREETING = " in core and '"hello"' not in core
-    assert "- a new GREETING" in (repo / "CHANGELOG.md").read_text()
-    check = subprocess.run(
-        [sys.executable, "-c", "from textkit import core, wrap; print(core.slugify('A b'))"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert check.stdout.strip() == "a-b"
-
-
-def test_the_real_cli_plan_has_the_same_tasks_as_the_fake_one() -> None:
-    fake, real = load_plan(EXAMPLE / "plan.yaml"), load_plan(EXAMPLE / "plan-real.yaml")
-    assert [t.model_dump() for t in real.tasks()] == [t.model_dump() for t in fake.tasks()]
-    assert real.agents.keys() == fake.agents.keys()
-    commands = {name: str(a.runner.shell) for name, a in real.agents.items() if a.runner}
-    assert commands["claude"].startswith('claude -p "{instructions}" --output-format json')
-    assert commands["codex"].startswith("codex exec --json")
-    assert all(a.workspace == "worktree" for a in real.agents.values())
-    assert not any("dangerously" in c or "bypass" in c for c in commands.values())

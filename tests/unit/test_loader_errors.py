@@ -223,7 +223,7 @@ def test_a_bad_id_explains_the_allowed_characters() -> None:
 
 def test_a_runner_with_two_kinds_is_rejected() -> None:
     report = check(VALID.replace('{python: "agents:build"}', '{python: "a:b", shell: "x"}'))
-    problem = the_error(report, "exactly one of python, shell or remote")
+    problem = the_error(report, "exactly one of python, shell, remote or coding")
     assert at(problem) == (7, 13)
 
 

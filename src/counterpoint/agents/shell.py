@@ -199,7 +199,7 @@ class ShellRunner:
         """
         with ExitStack() as stack:
             stdin = stack.enter_context(tempfile.TemporaryFile())
-            stdin.write(json.dumps(ctx.payload(), default=str).encode())
+            stdin.write(self._stdin(ctx))
             stdin.seek(0)
             stdout = stack.enter_context(files.stdout.open("wb"))
             stderr = stack.enter_context(files.stderr.open("wb"))
@@ -216,6 +216,10 @@ class ShellRunner:
             except OSError as exc:
                 reason = exc.strerror or str(exc)
                 raise TaskFailed(f"cannot start the program {argv[0]!r}: {reason}") from exc
+
+    def _stdin(self, ctx: TaskContext) -> bytes:
+        """What the program reads on stdin: the task payload as JSON."""
+        return json.dumps(ctx.payload(), default=str).encode()
 
     async def _wait(self, proc: asyncio.subprocess.Process) -> int:
         """The program's exit code; on cancellation, stop its process group and re-raise."""

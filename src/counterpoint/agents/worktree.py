@@ -2,19 +2,23 @@
 
 An agent with ``workspace: worktree`` runs each attempt of a task in a git worktree of
 the plan's repository (``settings.repository``, default: the repository holding the
-plan file), on a branch of its own, created from the run's **integration branch**
-``counterpoint/run-N``. The integration branch starts at the repository's ``HEAD`` when
-the run first needs a worktree; the user's checked-out branch and working tree are never
-touched. When an attempt succeeds, whatever it left uncommitted is committed on its
-branch and the branch is merged (``git merge --no-ff``) into the integration branch, in
-a worktree of its own. A task starts only after its dependencies completed, and they
-completed only once merged, so every worktree starts from a state that holds its
-dependencies' work, and branches merge in dependency order.
+plan file), on a branch of its own, created from an explicit commit: the integrated work
+of the task's own dependencies on the run's **integration branch** ``counterpoint/run-N``
+(:meth:`WorktreeManager.base_for`). The integration branch starts at the repository's
+``HEAD`` when the run first needs a worktree; the user's checked-out branch and working
+tree are never touched. When an attempt succeeds, whatever it left uncommitted is
+committed on its branch, the merge is predicted (``git merge-tree``), and the branch is
+merged (``git merge --no-ff``) into the integration branch, in a worktree of its own. A
+task starts only after its dependencies completed, and they completed only once merged,
+so branches merge in dependency order.
 
-A merge that conflicts is aborted: the integration branch stays as it was, the task's
-branch and worktree are kept, and the task's diff of the conflicting paths is written
-next to them; the attempt fails with a :class:`MergeConflict` that says all of it.
-Worktrees are removed after a successful merge and kept after a failure.
+A conflict that no policy resolved (:mod:`counterpoint.agents.merging`,
+:mod:`counterpoint.agents.attempt`) moves no ref: the task's branch and worktree are
+kept, and the task's diff of the conflicting paths is written next to them; the attempt
+fails with a :class:`MergeConflict` that says all of it. Worktrees are removed after a
+successful merge and kept after a failure. Each attempt has a row in the run's ledger
+(:mod:`counterpoint.agents.ledger`), which :meth:`WorktreeManager.reconcile` brings back
+in line with git when a run resumes after a crash.
 
 Layout (``STATE`` is the run's state directory)::
 
@@ -22,6 +26,7 @@ Layout (``STATE`` is the run's state directory)::
     STATE/worktrees/run-N/integration/               the integration branch's worktree
     STATE/worktrees/run-N/TASK-ATTEMPT/              a task attempt's worktree
     STATE/worktrees/run-N/TASK-ATTEMPT.conflict.diff a conflicting attempt's diff
+    STATE/worktrees/run-N/TASK-ATTEMPT.resolve/      where its conflict is resolved
     STATE/worktrees/run-N/exchange/AGENT.git/        a remote agent's exchange repository
 
 Every git failure is a :class:`WorktreeError` naming the command, the folder and git's
@@ -31,184 +36,55 @@ but ``git worktree add`` checks out the whole tree, which takes as long as on an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import re
 import shutil
-import subprocess
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from counterpoint.errors import CounterpointError
+from counterpoint.agents.git import (
+    BRANCH_PREFIX,
+    EXCHANGE,
+    INTEGRATION,
+    RECORD,
+    UNSAFE,
+    WorktreeError,
+    _ok,
+    _out,
+    check_worktree_agent,
+    commit_all,
+    copy_included,
+    find_repository,
+    git,
+    repository_folder,
+    slug,
+)
+from counterpoint.agents.reconcile import Reconciling
+from counterpoint.agents.resolution import Resolutions
 
 if TYPE_CHECKING:
-    from counterpoint.plan.model import Plan
+    from counterpoint.agents.ledger import WorktreeLedger
+    from counterpoint.plan.model import Settings
 
 log = logging.getLogger("counterpoint.run")
 
-BRANCH_PREFIX = "counterpoint/run-"
-AUTHOR = ("counterpoint", "counterpoint@localhost")
-INTEGRATION = "integration"
-EXCHANGE = "exchange"
-RECORD = "run.json"
-STDERR_CHARS = 800
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-#: Variables that would point git at another repository, index or work tree than ours.
-_GIT_LOCATION_VARS = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-    "GIT_PREFIX",
-)
 
-
-class WorktreeError(CounterpointError):
-    """A git worktree could not be set up, committed, merged or removed (git's message)."""
-
-
-# -- git -----------------------------------------------------------------------------------
-
-
-def _env(identity: bool = False, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARS}
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_MERGE_AUTOEDIT="no", GIT_EDITOR="true")
-    env.update(extra or {})
-    if identity:
-        name, email = AUTHOR
-        env.update(
-            GIT_AUTHOR_NAME=name,
-            GIT_AUTHOR_EMAIL=email,
-            GIT_COMMITTER_NAME=name,
-            GIT_COMMITTER_EMAIL=email,
-        )
-    return env
-
-
-def git(
-    *args: str,
-    cwd: Path,
-    check: bool = True,
-    identity: bool = False,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``git ARGS`` in ``cwd``; with ``check`` a failure raises :class:`WorktreeError`.
-
-    ``identity`` commits as ``counterpoint <counterpoint@localhost>``; ``env`` adds
-    variables (never shown in git's messages).
-    """
-    command = ["git", "-c", "commit.gpgsign=false", *args]
-    try:
-        proc = subprocess.run(
-            command,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            env=_env(identity, env),
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        missing = "git is not installed" if exc.filename == "git" else f"{cwd} does not exist"
-        raise WorktreeError(f"cannot run `git {' '.join(args)}`: {missing}") from None
-    except OSError as exc:
-        raise WorktreeError(f"cannot run `git {' '.join(args)}` in {cwd}: {exc}") from None
-    if check and proc.returncode != 0:
-        raise WorktreeError(_failure(args, cwd, proc))
-    return proc
-
-
-def _failure(args: tuple[str, ...], cwd: Path, proc: subprocess.CompletedProcess[str]) -> str:
-    said = (proc.stderr.strip() or proc.stdout.strip() or "no message")[-STDERR_CHARS:]
-    return f"`git {' '.join(args)}` failed in {cwd} (exit {proc.returncode}): {said}"
-
-
-def _out(*args: str, cwd: Path) -> str:
-    return git(*args, cwd=cwd).stdout.strip()
-
-
-def _ok(*args: str, cwd: Path) -> bool:
-    return git(*args, cwd=cwd, check=False).returncode == 0
-
-
-# -- the repository ------------------------------------------------------------------------
-
-
-def repository_folder(plan: Plan) -> Path:
-    """The folder ``settings.repository`` names (relative to the plan), or the plan's folder."""
-    plan_dir = (plan.source_path or Path("plan.yaml")).resolve().parent
-    if plan.settings.repository:
-        return (plan_dir / plan.settings.repository).resolve()
-    return plan_dir
-
-
-def find_repository(folder: Path) -> Path:
-    """The top of the git working tree holding ``folder``; refuses anything worktrees can't use."""
-    hint = "set settings.repository to a git repository's folder (relative to the plan)"
-    if not folder.is_dir():
-        raise WorktreeError(f"the repository folder {folder} does not exist ({hint})")
-    top = git("rev-parse", "--show-toplevel", cwd=folder, check=False)
-    if top.returncode != 0:
-        bare = git("rev-parse", "--is-bare-repository", cwd=folder, check=False)
-        if bare.returncode == 0 and bare.stdout.strip() == "true":
-            raise WorktreeError(
-                f"{folder} is a bare git repository; point settings.repository at a clone "
-                "with a working tree"
-            )
-        raise WorktreeError(f"{folder} is not in a git repository ({hint})")
-    repo = Path(top.stdout.strip()).resolve()
-    if not _ok("rev-parse", "--verify", "--quiet", "HEAD^{commit}", cwd=repo):
-        raise WorktreeError(
-            f"the git repository {repo} has no commit yet: worktrees start from a commit, "
-            "so commit something first"
-        )
-    return repo
-
-
-def check_worktree_agent(plan: Plan, agent: str) -> None:
-    """Refuse, before a run starts, a ``workspace: worktree`` agent that cannot work.
-
-    The repository must exist, be a git working tree and have a commit; a shell runner
-    must run in the worktree (no ``cwd``). A remote agent gets its task branch over the
-    server's git endpoint and works in a worktree of its own clone (see
-    :meth:`WorktreeManager.prepare_remote`).
-    """
-    spec = plan.agents[agent].runner
-    if spec is not None and spec.cwd is not None:
-        raise WorktreeError(
-            f"agent {agent!r}: workspace: worktree runs each task in its own worktree, "
-            "so its runner cannot set cwd"
-        )
-    try:
-        find_repository(repository_folder(plan))
-    except WorktreeError as exc:
-        raise WorktreeError(
-            f"agent {agent!r}: workspace: worktree needs a git repository with a commit: {exc}"
-        ) from None
-
-
-def commit_all(path: Path, message: str) -> str:
-    """Commit everything left in the worktree at ``path``; the commit its HEAD is then at."""
-    if git("status", "--porcelain", "--untracked-files=all", cwd=path).stdout.strip():
-        git("add", "--all", cwd=path)
-        git("commit", "--quiet", "--no-verify", "-m", message, cwd=path, identity=True)
-    return _out("rev-parse", "HEAD", cwd=path)
-
-
-def slug(task: str, attempt: int) -> str:
-    """``TASK-ATTEMPT``, safe as a folder and a branch name (an altered id gets a hash)."""
-    safe = _UNSAFE.sub("_", task).replace("..", "_.")
-    if safe != task:
-        safe = f"{safe}-{hashlib.sha1(task.encode()).hexdigest()[:8]}"
-    return f"{safe}-{attempt}"
-
+__all__ = [
+    "MergeConflict",
+    "MergeResult",
+    "WorktreeError",
+    "WorktreeManager",
+    "check_worktree_agent",
+    "commit_all",
+    "copy_included",
+    "find_repository",
+    "git",
+    "repository_folder",
+    "slug",
+]
 
 # -- results -------------------------------------------------------------------------------
 
@@ -232,11 +108,15 @@ class MergeConflict:
     base: str
     ours: str
     theirs: str
+    #: Why it was not resolved automatically (a resolver that failed, a mechanical rule
+    #: that could not apply); empty when no policy applied.
+    note: str = ""
 
     @property
     def message(self) -> str:
+        why = f" ({self.note})" if self.note else ""
         return (
-            f"merge conflict with {self.integration} in {', '.join(self.paths)}: "
+            f"merge conflict with {self.integration} in {', '.join(self.paths)}{why}: "
             f"the diff is kept in {self.diff_path}, the task's work on branch "
             f"{self.branch} (worktree {self.worktree})"
         )
@@ -250,6 +130,7 @@ class MergeConflict:
             "worktree": str(self.worktree),
             "integration": self.integration,
             "attempt": self.attempt,
+            "note": self.note,
         }
 
 
@@ -267,6 +148,9 @@ class MergeResult:
     commit: str | None = None
     conflict: MergeConflict | None = None
     error: str | None = None
+    #: A conflict that appeared only at the merge (another task merged meanwhile) and
+    #: that the mechanical rules resolved there: the paths, and how each was resolved.
+    resolved: tuple[list[str], list[str]] | None = None
 
     @property
     def merged(self) -> bool:
@@ -283,7 +167,7 @@ class _Started:
     base: str
 
 
-class WorktreeManager:
+class WorktreeManager(Reconciling, Resolutions):
     """The worktrees and branches of one run in one repository.
 
     ``repo`` is a folder inside the repository (its top is found when first needed).
@@ -291,8 +175,17 @@ class WorktreeManager:
     branch recorded under ``STATE/worktrees/run-N/run.json`` is reused.
     """
 
-    def __init__(self, repo: Path, state_dir: Path, run_id: int) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        state_dir: Path,
+        run_id: int,
+        settings: Settings | None = None,
+        ledger: WorktreeLedger | None = None,
+    ) -> None:
         self.folder = Path(repo)
+        self.settings = settings
+        self.ledger = ledger
         self.state_dir = Path(state_dir)
         self.run_id = run_id
         self.root = self.state_dir / "worktrees" / f"run-{run_id}"
@@ -305,6 +198,16 @@ class WorktreeManager:
         self.conflicts: dict[str, MergeConflict] = {}
         #: Attempts given to remote agents: task id -> (attempt, agent).
         self.remote: dict[str, tuple[int, str]] = {}
+        #: The integration commit holding each merged task's work (see :meth:`base_for`).
+        self.merged_at: dict[str, str] = {}
+        #: The base commit of each attempt with a worktree or branch.
+        self.bases: dict[tuple[str, int], str] = {}
+        #: Conflicts resolved before the merge: (task, attempt) -> the resolved merge commit.
+        self.resolved: dict[tuple[str, int], str] = {}
+        #: Why a conflict could not be resolved automatically: (task, attempt) -> why.
+        self.notes: dict[tuple[str, int], str] = {}
+        #: What :meth:`reconcile` found and did when the run resumed.
+        self.reconciled: list[str] = []
 
     # -- the integration branch ----------------------------------------------------------------
 
@@ -338,6 +241,9 @@ class WorktreeManager:
         record = self.root / RECORD
         if record.exists():
             started = self._reuse(repo, record)
+            self._started = started
+            self._load_ledger()
+            self.reconciled = self.reconcile()
         else:
             base = _out("rev-parse", "--verify", "HEAD^{commit}", cwd=repo)
             branch = self._free_branch_name(repo)
@@ -392,25 +298,86 @@ class WorktreeManager:
 
     # -- attempts ------------------------------------------------------------------------------
 
-    def prepare(self, task: str, attempt: int) -> Path:
-        """A new worktree for the attempt, on a new branch from the integration branch's tip."""
+    def base_for(self, task: str, deps: Iterable[str] = ()) -> str:
+        """The commit a new attempt of ``task`` starts from: its dependencies' merged work.
+
+        No dependency merged anything: the run's base commit. Otherwise the latest of the
+        integration commits that hold a dependency's work (its merge, or for one that
+        changed nothing, the commit it started from): merges happen in dependency order
+        on one first-parent line, so that commit holds every dependency's work. A retry
+        after a merge conflict starts from the integration branch's tip instead, so it
+        builds on the work it conflicted with.
+        """
+        started = self.start()
+        if self._conflicted_before(task):
+            return _out("rev-parse", f"refs/heads/{started.branch}", cwd=started.repo)
+        points = [self.merged_at[d] for d in dict.fromkeys(deps) if d in self.merged_at]
+        best = started.base
+        for point in points:
+            if point != best and _ok("merge-base", "--is-ancestor", best, point, cwd=started.repo):
+                best = point
+        return best
+
+    def _conflicted_before(self, task: str) -> bool:
+        if self.ledger is None:
+            return task in self.conflicts
+        mine = [e for e in self.ledger.entries() if e.task == task]
+        return bool(mine) and max(mine, key=lambda e: e.attempt).status == "conflict"
+
+    def prepare(self, task: str, attempt: int, deps: Iterable[str] = ()) -> Path:
+        """A new worktree for the attempt, on a new branch from :meth:`base_for`'s commit,
+        with the include file's untracked files copied in."""
         started = self.start()
         path = self.worktree(task, attempt)
         branch = self.task_branch(task, attempt)
         # Left by a run that stopped before the journal recorded this attempt: start afresh.
         self._remove(path, branch, quiet=True)
         self.root.mkdir(parents=True, exist_ok=True)
-        git("worktree", "add", "--quiet", "-b", branch, str(path), started.branch, cwd=started.repo)
+        base = self.base_for(task, deps)
+        git("worktree", "add", "--quiet", "-b", branch, str(path), base, cwd=started.repo)
+        self.bases[(task, attempt)] = base
+        if self.ledger is not None:
+            self.ledger.created(task, attempt, base, path, branch)
         self.prepared[task] = attempt
+        include = None if self.settings is None else self.settings.worktree.include
+        if include:
+            copy_included(started.repo, path, include, (self.root.resolve(),))
         return path
 
-    def workdir(self, task: str, attempt: int) -> Path:
+    def verify(self, task: str, attempt: int) -> None:
+        """Refuse an attempt whose folder is not its worktree of the repository on its branch
+        (checked right before the agent starts, after the setup command)."""
+        self.verify_at(self.worktree(task, attempt), self.task_branch(task, attempt))
+
+    def verify_at(self, path: Path, branch: str) -> None:
+        """Refuse ``path`` unless it is a worktree of the repository on ``branch``."""
+        refuse = f"refusing to start the agent in {path}"
+        top = git("rev-parse", "--show-toplevel", cwd=path, check=False)
+        if top.returncode != 0:
+            said = top.stderr.strip() or "no message"
+            raise WorktreeError(
+                f"{refuse}: it is not a git worktree (`git rev-parse "
+                f"--show-toplevel` failed: {said})"
+            )
+        if Path(top.stdout.strip()).resolve() != path.resolve():
+            raise WorktreeError(f"{refuse}: git says its worktree's top is {top.stdout.strip()}")
+        mine = Path(_out("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=path))
+        common = Path(
+            _out("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=self.repo)
+        )
+        if mine.resolve() != common.resolve():
+            raise WorktreeError(f"{refuse}: it is a worktree of {mine}, not of {self.repo}")
+        head = git("rev-parse", "--abbrev-ref", "HEAD", cwd=path).stdout.strip()
+        if head != branch:
+            raise WorktreeError(f"{refuse}: it is on {head}, not on its branch {branch}")
+
+    def workdir(self, task: str, attempt: int, deps: Iterable[str] = ()) -> Path:
         """:meth:`prepare`, but a failure is recorded instead of raised (see :meth:`finish`).
 
         The path returned then does not exist, so a shell agent cannot start in it.
         """
         try:
-            return self.prepare(task, attempt)
+            return self.prepare(task, attempt, deps)
         except WorktreeError as exc:
             self.unprepared[(task, attempt)] = f"could not prepare the task's worktree: {exc}"
             return self.root / f"{slug(task, attempt)}.unprepared"
@@ -431,7 +398,7 @@ class WorktreeManager:
         return self.root / EXCHANGE
 
     def exchange_path(self, agent: str) -> Path:
-        return self.exchange_root / f"{_UNSAFE.sub('_', agent)}.git"
+        return self.exchange_root / f"{UNSAFE.sub('_', agent)}.git"
 
     def exchange(self, agent: str) -> Path:
         """``agent``'s own bare repository, through which it fetches and pushes its branches.
@@ -453,19 +420,24 @@ class WorktreeManager:
             git("config", "http.receivepack", "true", cwd=path)  # the server authenticates
         return path
 
-    def prepare_remote(self, task: str, attempt: int, agent: str) -> dict[str, Any]:
+    def prepare_remote(
+        self, task: str, attempt: int, agent: str, deps: Iterable[str] = ()
+    ) -> dict[str, Any]:
         """A branch for an attempt a remote agent runs: what its assignment carries.
 
-        The branch starts at the integration branch's tip, in the plan's repository and in
+        The branch starts at :meth:`base_for`'s commit, in the plan's repository and in
         the agent's exchange repository; the agent fetches it, works in a worktree of its
         own and pushes the branch back (``counterpoint agent`` does all of it).
         """
         started = self.start()
         branch = self.task_branch(task, attempt)
-        tip = _out("rev-parse", f"refs/heads/{started.branch}", cwd=started.repo)
+        tip = self.base_for(task, deps)
         git("branch", "--force", "--no-track", branch, tip, cwd=started.repo)
         exchange = self.exchange(agent)
         git("update-ref", f"refs/heads/{branch}", tip, cwd=exchange)
+        self.bases[(task, attempt)] = tip
+        if self.ledger is not None:
+            self.ledger.created(task, attempt, tip, Path(f"remote:{agent}"), branch)
         self.remote[task] = (attempt, agent)
         return {
             "kind": "worktree",
@@ -507,9 +479,14 @@ class WorktreeManager:
         """Commit what the attempt left, then merge its branch into the integration branch.
 
         ``remote``: the branch came from a remote agent, already committed and fetched.
-        On a conflict the merge is aborted and a :class:`MergeConflict` returned (the
-        branch and worktree are kept); git failures raise :class:`WorktreeError`.
+        The merge is predicted first (``git merge-tree``); a conflict whose paths all have
+        a mechanical rule is resolved by the rules in the integration worktree. Any other
+        conflict returns a :class:`MergeConflict` with no ref moved (the branch and
+        worktree are kept); git failures raise :class:`WorktreeError`. A conflict already
+        resolved for this attempt (:attr:`resolved`) merges that resolution instead.
         """
+        from counterpoint.agents.merging import classify, predict
+
         started = self.start()
         path = self.worktree(task, attempt)
         branch = self.task_branch(task, attempt)
@@ -521,22 +498,56 @@ class WorktreeManager:
             theirs = self._commit(path, branch, task, attempt)
         integ = self._integration()
         ours = _out("rev-parse", "HEAD", cwd=integ)
+        resolved = self.resolved.pop((task, attempt), None)
         if _ok("merge-base", "--is-ancestor", theirs, ours, cwd=integ):
-            return MergeResult(task, attempt)  # nothing new on the task's branch
+            return self._merged(task, attempt, None)  # nothing new on the task's branch
+        if resolved is not None and _out("rev-parse", f"{resolved}^1", cwd=integ) == ours:
+            git("merge", "--ff-only", "--quiet", resolved, cwd=integ)  # resolved on this tip
+            return self._merged(task, attempt, resolved)
+        source = resolved or theirs
+        prediction = predict(started.repo, ours, source)  # before any ref moves
         message = f"counterpoint: merge task {task} (attempt {attempt})"
-        args = ("merge", "--no-ff", "--no-verify", "--no-edit", "-m", message, branch)
-        proc = git(*args, cwd=integ, check=False, identity=True)
-        if proc.returncode == 0:
-            return MergeResult(task, attempt, commit=_out("rev-parse", "HEAD", cwd=integ))
-        listed = git("diff", "--name-only", "--diff-filter=U", "-z", cwd=integ, check=False)
-        paths = tuple(p for p in listed.stdout.split("\0") if p)
-        if _ok("rev-parse", "--verify", "--quiet", "MERGE_HEAD", cwd=integ):
-            git("merge", "--abort", cwd=integ)
-        if not paths:
-            raise WorktreeError(_failure(args, integ, proc))
-        conflict = self._conflict(task, attempt, paths, ours, theirs, started)
+        if prediction.clean:
+            args = ("merge", "--no-ff", "--no-verify", "--no-edit", "-m", message, source)
+            git(*args, cwd=integ, identity=True)
+            return self._merged(task, attempt, _out("rev-parse", "HEAD", cwd=integ))
+        mechanical, others = classify(prediction.paths, self.rules)
+        note = self.notes.pop((task, attempt), "")
+        if not others:
+            commit, note = self._merge_mechanically(integ, source, message, mechanical)
+            if commit is not None:
+                done = self._merged(task, attempt, commit)
+                how = [f"{path} ({rule.strategy})" for path, rule in mechanical.items()]
+                return replace(done, resolved=(list(prediction.paths), how))
+        conflict = self._conflict(task, attempt, prediction.paths, ours, theirs, started, note)
         self.conflicts[task] = conflict
+        if self.ledger is not None:
+            self.ledger.set_status(task, attempt, "conflict")
         return MergeResult(task, attempt, conflict=conflict, error=conflict.message)
+
+    def _merged(self, task: str, attempt: int, commit: str | None) -> MergeResult:
+        """Record where the attempt's work is on the integration branch."""
+        point = commit or self.bases.get((task, attempt)) or self.base
+        self.merged_at[task] = point
+        if self.ledger is not None:
+            self.ledger.set_status(task, attempt, "merged", point)
+        return MergeResult(task, attempt, commit=commit)
+
+    # -- conflict resolution before the merge (see counterpoint.agents.attempt) --------------
+
+    def tip(self) -> str:
+        """The integration branch's commit now."""
+        return _out("rev-parse", f"refs/heads/{self.branch}", cwd=self.repo)
+
+    def commit_attempt(self, task: str, attempt: int) -> str:
+        """Commit what the attempt left in its worktree; the commit its branch is then at."""
+        path = self.worktree(task, attempt)
+        return self._commit(path, self.task_branch(task, attempt), task, attempt)
+
+    def _remove_folder(self, path: Path) -> None:
+        if path.exists() and not _ok("worktree", "remove", "--force", str(path), cwd=self.repo):
+            shutil.rmtree(path, ignore_errors=True)
+            git("worktree", "prune", cwd=self.repo)
 
     def _commit(self, path: Path, branch: str, task: str, attempt: int) -> str:
         """Commit everything the attempt left in its worktree; the commit the branch ends at."""
@@ -571,6 +582,7 @@ class WorktreeManager:
         ours: str,
         theirs: str,
         started: _Started,
+        note: str = "",
     ) -> MergeConflict:
         name = slug(task, attempt)
         branch = self.task_branch(task, attempt)
@@ -597,6 +609,7 @@ class WorktreeManager:
             base=base,
             ours=ours,
             theirs=theirs,
+            note=note,
         )
 
     def finish(
@@ -612,18 +625,25 @@ class WorktreeManager:
         if self.prepared.get(task) == attempt:
             del self.prepared[task]
         if unprepared is not None:
+            self._status(task, attempt, "failed")  # its worktree may exist (include failed)
             return MergeResult(task, attempt, error=unprepared)
         if self.remote.get(task, (None,))[0] == attempt:
             return self._finish_remote(task, attempt, succeeded, commit)
         if not succeeded:
             self.discard(task, attempt, keep=True)
+            self._status(task, attempt, "failed")
             return None
         try:
             result = self.merge(task, attempt)
         except WorktreeError as exc:
+            self._status(task, attempt, "failed")
             return MergeResult(task, attempt, error=f"could not merge the task's work: {exc}")
         self.discard(task, attempt, keep=result.error is not None)
         return result
+
+    def _status(self, task: str, attempt: int, status: str) -> None:
+        if self.ledger is not None:
+            self.ledger.set_status(task, attempt, status)
 
     def _finish_remote(
         self, task: str, attempt: int, succeeded: bool, commit: str | None
@@ -635,17 +655,29 @@ class WorktreeManager:
         """
         _, agent = self.remote.pop(task)
         if not succeeded:
+            self._status(task, attempt, "failed")
             return None
         try:
             self._fetch_remote(task, attempt, agent, commit)
             result = self.merge(task, attempt, remote=True)
         except WorktreeError as exc:
+            self._status(task, attempt, "failed")
             return MergeResult(task, attempt, error=f"could not merge the task's work: {exc}")
         if result.error is None:
             branch = self.task_branch(task, attempt)
             git("update-ref", "-d", f"refs/heads/{branch}", cwd=self.exchange(agent), check=False)
             git("branch", "-D", branch, cwd=self.repo, check=False)
         return result
+
+    def remove_worktree(self, path: Path, branch: str) -> None:
+        """Remove a worktree of the run and its branch (a warning if git refuses)."""
+        self._remove(path, branch, quiet=False)
+
+    def copy_included(self, path: Path) -> None:
+        """Copy the include file's untracked files into the new worktree at ``path``."""
+        include = None if self.settings is None else self.settings.worktree.include
+        if include:
+            copy_included(self.repo, path, include, (self.root.resolve(),))
 
     def discard(self, task: str, attempt: int, keep: bool) -> None:
         """Remove the attempt's worktree and branch (after success), or keep them."""

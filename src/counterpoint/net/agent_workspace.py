@@ -32,7 +32,7 @@ def http_base(ws_url: str) -> str:
 class AgentWorkspaces:
     """Worktrees of one remote agent, in ``state_dir/worktrees``, from ``state_dir/repo.git``."""
 
-    def __init__(self, ws_url: str, token: str, state_dir: Path) -> None:
+    def __init__(self, ws_url: str, token: str, state_dir: Path, tls_ca: str | None = None) -> None:
         self.base = http_base(ws_url)
         self.mirror = state_dir / "repo.git"
         self.root = state_dir / "worktrees"
@@ -42,6 +42,8 @@ class AgentWorkspaces:
             "GIT_CONFIG_KEY_0": "http.extraHeader",
             "GIT_CONFIG_VALUE_0": f"Authorization: Bearer {token}",
         }
+        if tls_ca:  # a wss:// hub whose certificate a private CA signed
+            self._auth["GIT_SSL_CAINFO"] = str(Path(tls_ca).resolve())
 
     def _git(self, *args: str, cwd: Path) -> str:
         return git(*args, cwd=cwd, env=self._auth).stdout.strip()

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections import OrderedDict
@@ -70,6 +71,18 @@ class AgentConfig:
     #: defaults (propose the task's estimate at its load; abstain). See docs/coordination.md.
     bid: str | None = None
     vote: str | None = None
+    #: A CA certificate file (PEM) to trust for a ``wss://`` hub besides the system's
+    #: (a self-signed or private CA's hub certificate).
+    tls_ca: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of a ``wss://`` hub (None for ``ws://``)."""
+        if not self.url.startswith("wss:"):
+            return None
+        context = ssl.create_default_context()
+        if self.tls_ca:
+            context.load_verify_locations(cafile=self.tls_ca)
+        return context
 
 
 class AgentClient:
@@ -83,7 +96,9 @@ class AgentClient:
             config.workdir,
             kill_grace_s=config.kill_grace_s,
         )
-        self.workspaces = AgentWorkspaces(config.url, config.token, config.state_dir)
+        self.workspaces = AgentWorkspaces(
+            config.url, config.token, config.state_dir, tls_ca=config.tls_ca
+        )
         self.out_seq = 0
         self.outbox: OrderedDict[int, str] = OrderedDict()
         self.in_seq = 0
@@ -136,6 +151,7 @@ class AgentClient:
                 max_size=None,
                 close_timeout=2,
                 compression=None,  # small JSON frames: deflate costs more than it saves
+                ssl=self.config.ssl_context(),
             ) as ws:
                 return await self._session(ws)
         except InvalidStatus as exc:

@@ -94,6 +94,8 @@ def decode(text: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, A
         frame = json.loads(text)
     except ValueError as exc:
         raise FrameError("invalid_json", f"the frame is not valid JSON: {exc}", "frame") from None
+    except RecursionError:  # json.loads on deeply nested arrays or objects
+        raise FrameError("invalid_json", "the frame's JSON is nested too deeply", "frame") from None
     if not isinstance(frame, dict):
         raise FrameError("invalid_frame", "a frame must be a JSON object", "frame")
     op = frame.get("op")

@@ -104,7 +104,9 @@ class _Link:
             self.closed = True
             self.queue.put_nowait(None)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self.writer), DRAIN_TIMEOUT_S)
+                # asyncio.wait, not wait_for: a writer cancelled meanwhile by another
+                # close (a reconnect replacing this link) must not raise CancelledError here
+                await asyncio.wait({self.writer}, timeout=DRAIN_TIMEOUT_S)
         self.writer.cancel()
         with contextlib.suppress(Exception):
             await self.conn.close(code, reason)
@@ -282,7 +284,8 @@ class Hub:
         try:
             first = await asyncio.wait_for(anext(incoming), HELLO_TIMEOUT_S)
         except (StopAsyncIteration, TimeoutError):
-            await conn.close(fr.CLOSE_BAD_HELLO, "no hello")
+            with contextlib.suppress(Exception):  # the peer may be gone already
+                await conn.close(fr.CLOSE_BAD_HELLO, "no hello")
             return
         session = await self._hello(agent, conn, first)
         if session is None:
@@ -325,7 +328,8 @@ class Hub:
             code = fr.CLOSE_UNKNOWN_AGENT if exc.code == "unknown_agent" else fr.CLOSE_BAD_HELLO
             with contextlib.suppress(Exception):
                 await conn.send_text(fr.encode(exc.frame()))
-            await conn.close(code, exc.code)
+            with contextlib.suppress(Exception):
+                await conn.close(code, exc.code)
             return None
         session, resumed = await self._attach(agent, session_id, caps, capacity)
         session.violations = 0  # counted per connection

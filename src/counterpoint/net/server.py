@@ -1,15 +1,20 @@
 """The HTTP + WebSocket server in front of the hub (starlette on uvicorn).
 
-Routes (``GET /openapi.json`` describes the HTTP ones; docs/dashboard.md and docs/cli.md
-explain them):
+Routes (``GET /openapi.json`` describes the HTTP ones; docs/dashboard.md, docs/cli.md and
+docs/security.md explain them). Every route needs a credential unless it is listed in
+:data:`counterpoint.net.security.PUBLIC_ROUTES`; :class:`counterpoint.net.security.Guard`
+checks it (and the Host header, the Origin, the rate of failed sign-ins) before any route
+runs:
 
-- ``GET /healthz``: ``{"status": "ok"}``, no token needed.
+- ``GET /healthz``: ``{"status": "ok"}``, public, says nothing about the run.
 - ``WS /agents/{agent}/ws``: a remote agent's session; ``Authorization: Bearer
   TOKEN`` with the agent's own token, else the upgrade is refused (HTTP 403).
-- ``GET /``, ``GET /assets/{name}``: the live dashboard (shipped in the package).
-- ``GET /api/snapshot``, ``WS /api/live``, ``GET /api/alerts``: the dashboard's view of
-  the run, pushed live; read-only, so no token is needed.
-- ``GET /api/whoami``: the operator a token belongs to.
+- ``GET /``, ``GET /assets/{name}``: the dashboard's page and files (shipped in the
+  package; public: the sign-in form and the script, no run data).
+- ``POST /login`` (public), ``POST /logout``: the dashboard's session cookie.
+- ``GET /api/snapshot``, ``WS /api/live``, ``GET /api/alerts``, ``GET /openapi.json``: the
+  dashboard's view of the run, pushed live (an operator or viewer token or session).
+- ``GET /api/whoami``: who a token or session belongs to.
 - ``GET /api/run``, ``GET /api/conflicts``, ``GET /metrics``: the run's status, its data
   conflicts, Prometheus metrics (operator token).
 - ``POST /api/cancel``, ``POST /api/conflicts/{id}/resolve``,
@@ -38,6 +43,7 @@ from urllib.parse import urlsplit
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -49,6 +55,16 @@ from counterpoint.net import frames as fr
 from counterpoint.net.dashboard import asset, encode
 from counterpoint.net.gitserve import ExchangeOf, GitEndpoint
 from counterpoint.net.hub import Hub
+from counterpoint.net.security import (
+    Guard,
+    HostPolicy,
+    Principal,
+    Security,
+    client_address,
+    cookie_name,
+    same_origin,
+    session_id,
+)
 from counterpoint.net.tokens import TokenStore
 
 if TYPE_CHECKING:
@@ -66,7 +82,7 @@ CLOSE_TRY_AGAIN = 1013
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; connect-src 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -142,21 +158,106 @@ class _Api:
     The docstrings after ``---`` are each route's OpenAPI description.
     """
 
-    def __init__(self, hub: Hub, tokens: TokenStore, operations: Operations | None) -> None:
+    def __init__(
+        self, hub: Hub, tokens: TokenStore, operations: Operations | None, security: Security
+    ) -> None:
         self.hub = hub
         self.tokens = tokens
         self.operations = operations
+        self.security = security
         self.dashboard = operations.dashboard if operations else None
 
     async def healthz(self, request: Request) -> JSONResponse:
         """Liveness.
         ---
-        summary: Is the server up
+        summary: Is the server up (public; says nothing about the run)
         tags: [server]
         responses:
-          "200": {description: '{"status": "ok", "agents": N} (agents with a session)'}
+          "200": {description: '{"status": "ok"}'}
         """
-        return JSONResponse({"status": "ok", "agents": len(self.hub.connected())})
+        return JSONResponse({"status": "ok"})
+
+    async def login(self, request: Request) -> JSONResponse:
+        """Sign in to the dashboard.
+        ---
+        summary: Trade an operator or viewer token for a session cookie
+        description: >-
+          The answer sets an HttpOnly, SameSite=Strict cookie that the page, its API calls
+          and WS /api/live then send; the token itself stays out of the browser's storage
+          and out of every address. Failed attempts count against the client address's
+          limit (429 with Retry-After when over it).
+        tags: [dashboard]
+        requestBody:
+          required: true
+          content: {application/json: {schema: {$ref: "#/components/schemas/Login"}}}
+        responses:
+          "200": {description: '{"name": NAME, "role": "operator"|"viewer"} and the cookie'}
+          "400": {$ref: "#/components/responses/BadRequest"}
+          "401": {$ref: "#/components/responses/Unauthorized"}
+          "403": {description: A page of another origin}
+          "429": {description: Too many failed sign-ins from this address}
+        """
+        scope = request.scope
+        if not same_origin(scope):
+            return _error("a page of another origin may not sign in here", 403)
+        address = client_address(scope)
+        limiter = self.security.limiter
+        wait = limiter.retry_after(address)
+        if wait is not None:
+            return JSONResponse(
+                {"error": f"too many failed sign-ins from {address}; try again in {wait} s"},
+                status_code=429,
+                headers={"Retry-After": str(wait)},
+            )
+        body = await _fields(request, {"token": str}, required=("token",))
+        if isinstance(body, JSONResponse):
+            return body
+        token = body["token"].strip()
+        found = self.tokens.identify(token)
+        if found is None or found[0] == "agent":
+            if found is None:
+                limiter.failed(address)
+            return _error(
+                "the token is not an operator or viewer token (make one with "
+                "`counterpoint token create NAME --operator` or `--viewer`)",
+                401,
+            )
+        kind, name = found
+        principal = Principal(kind, name, "cookie")  # type: ignore[arg-type]
+        ident = self.security.sessions.create(principal, token)
+        answer = JSONResponse({"name": name, "role": kind})
+        answer.set_cookie(
+            cookie_name(scope),
+            ident,
+            max_age=int(self.security.sessions.ttl_s),
+            path="/",
+            secure=self.security.tls,
+            httponly=True,
+            samesite="strict",
+        )
+        return answer
+
+    async def logout(self, request: Request) -> JSONResponse:
+        """Sign out of the dashboard.
+        ---
+        summary: End the dashboard session (its cookie)
+        tags: [dashboard]
+        responses:
+          "200": {description: '{"signed_out": true}'}
+          "401": {$ref: "#/components/responses/Unauthorized"}
+        """
+        ident = session_id(request.scope)
+        if ident:
+            self.security.sessions.drop(ident)
+        answer = JSONResponse({"signed_out": True})
+        answer.delete_cookie(
+            cookie_name(request.scope),
+            path="/",
+            secure=self.security.tls,
+            httponly=True,
+            samesite="strict",
+        )
+        return answer
 
     async def agent_ws(self, ws: WebSocket) -> None:
         agent = ws.path_params["agent"]
@@ -168,7 +269,9 @@ class _Api:
         await self.hub.serve(agent, _StarletteConnection(ws), _incoming(ws))
 
     def operator(self, request: Request) -> str | None:
-        return self.tokens.operator(bearer(request))
+        """The operator the Guard let in (defence in depth: None for anyone else)."""
+        who = _principal(request)
+        return who.name if who is not None and who.kind == "operator" else None
 
     def _operator_or_refusal(self, request: Request) -> str | JSONResponse:
         who = self.operator(request)
@@ -210,14 +313,19 @@ class _Api:
         ---
         summary: The whole view of the run, as the dashboard shows it
         description: >-
-          Read-only, so no token is needed. The same object WS /api/live sends first:
+          An operator or viewer token (or the dashboard's session cookie). The same
+          object WS /api/live sends first:
           run, phases, tasks, agents, gates, conflicts, alerts and escalations
           (docs/dashboard.md describes every field).
         tags: [dashboard]
+        security: [{operator: []}, {session: []}]
         responses:
           "200": {$ref: "#/components/responses/View"}
+          "401": {$ref: "#/components/responses/Unauthorized"}
           "404": {$ref: "#/components/responses/NotFound"}
         """
+        if _principal(request) is None:
+            return _refused(request)
         if self.dashboard is None:
             return _error("no run is served", 404)
         return Response(encode(self.dashboard.view()), media_type="application/json")
@@ -227,14 +335,21 @@ class _Api:
         ---
         summary: The alerts firing now, oldest first
         tags: [dashboard]
+        security: [{operator: []}, {session: []}]
         responses:
           "200": {$ref: "#/components/responses/Alerts"}
+          "401": {$ref: "#/components/responses/Unauthorized"}
         """
+        if _principal(request) is None:
+            return _refused(request)
         found = self.dashboard.alerts() if self.dashboard is not None else []
         return Response(encode({"alerts": found}), media_type="application/json")
 
     async def live(self, ws: WebSocket) -> None:
         """The view, pushed: a snapshot, then what changed (docs/dashboard.md)."""
+        if _principal(ws) is None:
+            await ws.close(fr.CLOSE_FORBIDDEN)  # the Guard lets no one else in
+            return
         if not _same_origin(ws):
             log.warning("refused a live feed for a page of %s", ws.headers.get("origin"))
             await ws.close(fr.CLOSE_FORBIDDEN)  # before accept: HTTP 403
@@ -261,17 +376,21 @@ class _Api:
     async def whoami(self, request: Request) -> JSONResponse:
         """Who a token belongs to.
         ---
-        summary: The operator an operator token belongs to
+        summary: The operator or viewer a token or session belongs to
         tags: [operators]
-        security: [{operator: []}]
+        security: [{operator: []}, {session: []}]
         responses:
-          "200": {description: '{"operator": NAME}'}
+          "200": {description: '{"name": NAME, "role": "operator"|"viewer", "operator": NAME}
+            ("operator" only for operators)'}
           "401": {$ref: "#/components/responses/Unauthorized"}
         """
-        who = self._operator_or_refusal(request)
-        if isinstance(who, JSONResponse):
-            return who
-        return JSONResponse({"operator": who})
+        who = _principal(request)
+        if who is None:
+            return _refused(request)
+        answer = {"name": who.name, "role": who.kind}
+        if who.kind == "operator":
+            answer["operator"] = who.name
+        return JSONResponse(answer)
 
     # -- operators -------------------------------------------------------------------------
 
@@ -488,9 +607,13 @@ class _Api:
         ---
         summary: The OpenAPI description of this HTTP API
         tags: [server]
+        security: [{operator: []}, {session: []}]
         responses:
           "200": {description: OpenAPI 3.0 (JSON)}
+          "401": {$ref: "#/components/responses/Unauthorized"}
         """
+        if _principal(request) is None:
+            return _refused(request)
         return JSONResponse(_schema(request.app))
 
 
@@ -520,10 +643,19 @@ def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _principal(conn: HTTPConnection) -> Principal | None:
+    """Who the Guard let in (``scope["state"]["principal"]``), or None."""
+    found = conn.scope.get("state", {}).get("principal")
+    return found if isinstance(found, Principal) else None
+
+
 def _refused(request: Request) -> JSONResponse:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if not scheme:
-        message = "an operator token is required (Authorization: Bearer TOKEN)"
+        message = (
+            "an operator token is required (Authorization: Bearer TOKEN, "
+            "or sign in on the dashboard)"
+        )
     elif scheme.lower() != "bearer" or not token.strip():
         message = "an operator token is required: send it as 'Authorization: Bearer TOKEN'"
     else:
@@ -554,34 +686,47 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": message}, status_code=500)
 
 
-def build_app(hub: Hub, tokens: TokenStore, operations: Operations | None = None) -> Starlette:
-    api = _Api(hub, tokens, operations)
+def build_app(
+    hub: Hub,
+    tokens: TokenStore,
+    operations: Operations | None = None,
+    security: Security | None = None,
+) -> Starlette:
+    """The application; :class:`Guard` wraps every route (security.py lists the public
+    ones by name: a route added here is private unless named there)."""
+    security = security or Security()
+    api = _Api(hub, tokens, operations, security)
+    routes = [
+        Route("/healthz", api.healthz),
+        Route("/login", api.login, methods=["POST"]),
+        Route("/logout", api.logout, methods=["POST"]),
+        WebSocketRoute("/agents/{agent}/ws", api.agent_ws),
+        Route("/", api.page),
+        Route("/assets/{name}", api.asset),
+        Route("/api/snapshot", api.snapshot),
+        WebSocketRoute("/api/live", api.live),
+        Route("/api/alerts", api.alerts),
+        Route("/api/whoami", api.whoami),
+        Route("/api/run", api.run_status),
+        Route("/api/cancel", api.cancel, methods=["POST"]),
+        Route("/api/conflicts", api.conflicts),
+        Route("/metrics", api.metrics),
+        Route("/api/conflicts/{conflict}/resolve", api.resolve, methods=["POST"]),
+        Route("/api/gates/{gate}/approve", api.approve, methods=["POST"]),
+        Route("/api/gates/{gate}/reject", api.reject, methods=["POST"]),
+        Route("/api/agents/{agent}/state", api.agent_state, methods=["POST"]),
+        Route("/openapi.json", api.openapi),
+        Route(
+            "/git/{agent}/{rest:path}",
+            GitEndpoint(tokens, operations.exchange if operations else None).handle,
+            methods=["GET", "POST"],
+            name="git",
+            include_in_schema=False,
+        ),
+    ]
     return Starlette(
-        routes=[
-            Route("/healthz", api.healthz),
-            WebSocketRoute("/agents/{agent}/ws", api.agent_ws),
-            Route("/", api.page),
-            Route("/assets/{name}", api.asset),
-            Route("/api/snapshot", api.snapshot),
-            WebSocketRoute("/api/live", api.live),
-            Route("/api/alerts", api.alerts),
-            Route("/api/whoami", api.whoami),
-            Route("/api/run", api.run_status),
-            Route("/api/cancel", api.cancel, methods=["POST"]),
-            Route("/api/conflicts", api.conflicts),
-            Route("/metrics", api.metrics),
-            Route("/api/conflicts/{conflict}/resolve", api.resolve, methods=["POST"]),
-            Route("/api/gates/{gate}/approve", api.approve, methods=["POST"]),
-            Route("/api/gates/{gate}/reject", api.reject, methods=["POST"]),
-            Route("/api/agents/{agent}/state", api.agent_state, methods=["POST"]),
-            Route("/openapi.json", api.openapi),
-            Route(
-                "/git/{agent}/{rest:path}",
-                GitEndpoint(tokens, operations.exchange if operations else None).handle,
-                methods=["GET", "POST"],
-                include_in_schema=False,
-            ),
-        ],
+        routes=routes,
+        middleware=[Middleware(Guard, tokens=tokens, security=security)],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
 
@@ -610,7 +755,9 @@ def openapi_base() -> dict[str, Any]:
                 "The HTTP API of a served run (`counterpoint run --serve`, `counterpoint "
                 "serve`): the dashboard's view and what operators do. Not described here: "
                 "WS /api/live (the view, pushed live) and WS /agents/{ID}/ws (remote agents; "
-                'docs/protocol.md). Every refused request gets {"error": "..."}.'
+                'docs/protocol.md). Every refused request gets {"error": "..."}. Every '
+                "route but /healthz, /login and the page's static files needs a token or "
+                "the dashboard's session (docs/security.md)."
             ),
         },
         "components": {
@@ -618,8 +765,15 @@ def openapi_base() -> dict[str, Any]:
                 "operator": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "an operator token: `counterpoint token create NAME --operator`",
-                }
+                    "description": "an operator token: `counterpoint token create NAME --operator`"
+                    " (or, to read only, a viewer token: `--viewer`)",
+                },
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "counterpoint_session_PORT",
+                    "description": "the dashboard's session, set by POST /login",
+                },
             },
             "schemas": _SCHEMAS,
             "responses": {
@@ -627,7 +781,7 @@ def openapi_base() -> dict[str, Any]:
                 "Alerts": answer('{"alerts": [...]}', "Alerts"),
                 "Decided": answer("The decision is recorded in the journal", "Decision"),
                 "BadRequest": answer("The body is not JSON, or a field is missing or wrong"),
-                "Unauthorized": answer("No token, or a token that is not an operator's"),
+                "Unauthorized": answer("No token or session, or a token of the wrong kind"),
                 "Forbidden": answer("The operator is not one of the gate's approvers"),
                 "NotFound": answer("No such gate, agent, conflict or asset, or no run served"),
                 "Conflict": answer("The run cannot do it now (e.g. a conflict already decided)"),
@@ -641,6 +795,12 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["error"],
         "properties": {"error": {"type": "string", "description": "what is wrong"}},
+    },
+    "Login": {
+        "type": "object",
+        "required": ["token"],
+        "additionalProperties": False,
+        "properties": {"token": {"type": "string", "description": "operator or viewer token"}},
     },
     "Comment": {
         "type": "object",
@@ -751,6 +911,24 @@ async def _json_body(request: Request) -> Any:
         return _error(f"the body is not valid JSON: {reason}", 400)
 
 
+class _PlainBadUtf8(logging.Filter):
+    """uvicorn logs a text frame that is not UTF-8 (it closes the connection with 1007
+    before the hub sees the frame) at ERROR with a traceback: bad input from a client,
+    not a server error. Keep it as one warning line."""
+
+    MESSAGE = "Invalid UTF-8 sequence received from client."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() == self.MESSAGE:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+            record.msg, record.args = "refused a text frame that is not UTF-8 (close 1007)", ()
+        return True
+
+
+_BAD_UTF8 = _PlainBadUtf8()
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the run engine owns SIGINT and SIGTERM."""
 
@@ -760,7 +938,8 @@ class _Server(uvicorn.Server):
 
 
 class HubServer:
-    """Serves ``hub`` on ``host:port`` within the running event loop."""
+    """Serves ``hub`` on ``host:port`` within the running event loop; over TLS when given
+    a certificate and its key (PEM files)."""
 
     def __init__(
         self,
@@ -770,23 +949,33 @@ class HubServer:
         port: int = DEFAULT_PORT,
         operations: Operations | None = None,
         sock: socket.socket | None = None,
+        allowed_hosts: tuple[str, ...] = (),
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        security: Security | None = None,
     ) -> None:
         self.hub = hub
         self.host = host
         self.port = port
         self.sock = sock
-        self.app = build_app(hub, tokens, operations)
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+        if security is None:
+            security = Security(hosts=HostPolicy(host, allowed_hosts), tls=tls_cert is not None)
+        self.security = security
+        self.app = build_app(hub, tokens, operations, security)
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+        return f"{'wss' if self.tls_cert else 'ws'}://{host}:{self.port}"
 
     async def start(self) -> None:
         sock = self.sock or bind(self.host, self.port)
         self.port = sock.getsockname()[1]
+        logging.getLogger("uvicorn.error").addFilter(_BAD_UTF8)  # once: filters are a set
         config = uvicorn.Config(
             self.app,
             log_level="warning",
@@ -796,6 +985,8 @@ class HubServer:
             ws_per_message_deflate=False,  # small JSON frames: deflate costs more than it saves
             lifespan="off",
             access_log=False,
+            ssl_certfile=self.tls_cert,
+            ssl_keyfile=self.tls_key,
         )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))

@@ -3,9 +3,13 @@
 ``counterpoint token create AGENT`` prints a new token once and stores only its
 SHA-256 in ``<state>/tokens.json`` (mode 0600), so the file is useless to a
 reader. A token has 256 random bits, so a plain hash is enough (no slow KDF is
-needed against guessing). Tokens work before a run starts and across runs; a
-running hub rereads the file when it changes, so a token created or revoked
-while it runs takes effect at the next connection.
+needed against guessing). A token is checked by comparing digests with
+:func:`hmac.compare_digest` against every candidate (no lookup keyed by the secret).
+Three kinds: ``agent`` (a remote agent's session), ``operator`` (the dashboard and
+every operator action), ``viewer`` (the dashboard and the read-only API only).
+Tokens work before a run starts and across runs; a running hub rereads the file
+when it changes, so a token created or revoked while it runs takes effect at the
+next connection (and ends the dashboard sessions signed in with it).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ TOKENS_FILE = "tokens.json"
 TOKEN_PREFIX = "cpt_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
 
-Kind = Literal["agent", "operator"]
+Kind = Literal["agent", "operator", "viewer"]
+KINDS: tuple[Kind, ...] = ("agent", "operator", "viewer")
 
 
 class TokenError(CounterpointError):
@@ -41,7 +46,8 @@ class TokenInfo:
     created: float
 
 
-def _digest(token: str) -> str:
+def digest(token: str) -> str:
+    """The SHA-256 of ``token`` as stored (hex)."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
@@ -60,7 +66,7 @@ class TokenStore:
             )
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         entries = self._read()
-        entries[f"{kind}:{name}"] = {"sha256": _digest(token), "created": time.time()}
+        entries[f"{kind}:{name}"] = {"sha256": digest(token), "created": time.time()}
         self._write(entries)
         return token
 
@@ -76,8 +82,8 @@ class TokenStore:
         out = []
         for key, entry in sorted(self._read().items()):
             kind, _, name = key.partition(":")
-            if kind in ("agent", "operator"):
-                out.append(TokenInfo(kind, name, float(entry.get("created", 0.0))))  # type: ignore[arg-type]
+            if kind in KINDS:
+                out.append(TokenInfo(kind, name, float(entry.get("created", 0.0))))
         return out
 
     def check(self, name: str, token: str, kind: Kind = "agent") -> bool:
@@ -85,18 +91,34 @@ class TokenStore:
         entry = self._current().get(f"{kind}:{name}")
         if entry is None or not token:
             return False
-        return hmac.compare_digest(str(entry.get("sha256", "")), _digest(token))
+        return hmac.compare_digest(str(entry.get("sha256", "")), digest(token))
 
     def operator(self, token: str) -> str | None:
         """The operator that ``token`` belongs to, or None."""
+        found = self.identify(token)
+        return found[1] if found is not None and found[0] == "operator" else None
+
+    def identify(self, token: str) -> tuple[Kind, str] | None:
+        """(kind, name) of whoever ``token`` belongs to, or None. Every entry is compared
+        (in constant time), so how long it takes does not depend on where it matches."""
         if not token:
             return None
-        digest = _digest(token)
+        wanted = digest(token)
+        found: tuple[Kind, str] | None = None
         for key, entry in self._current().items():
             kind, _, name = key.partition(":")
-            if kind == "operator" and hmac.compare_digest(str(entry.get("sha256", "")), digest):
-                return name
-        return None
+            same = hmac.compare_digest(str(entry.get("sha256", "")), wanted)
+            if same and kind in KINDS and found is None:
+                found = (kind, name)
+        return found
+
+    def holds(self, kind: Kind, name: str, token_digest: str) -> bool:
+        """True while ``name``'s current ``kind`` token has ``token_digest`` (a session
+        made with a token ends when the token is revoked or replaced)."""
+        entry = self._current().get(f"{kind}:{name}")
+        if entry is None:
+            return False
+        return hmac.compare_digest(str(entry.get("sha256", "")), token_digest)
 
     def has_any(self, kind: Kind) -> bool:
         return any(key.startswith(f"{kind}:") for key in self._current())

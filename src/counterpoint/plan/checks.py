@@ -30,7 +30,71 @@ def check_plan(plan: Plan) -> list[Problem]:
     problems: list[Problem] = []
     for check in (_unique_ids, _references, _agents, _resources, _alerts, _gates, _coordination):
         problems.extend(check(plan))
+    problems.extend(_worktrees(plan))
+    problems.extend(_best_of_n(plan))
     return problems
+
+
+def _best_of_n(plan: Plan) -> Iterator[Problem]:
+    """``attempts: N`` > 1 needs every agent able to run the task to work in local worktrees."""
+    for path, task in task_paths(plan):
+        if task.attempts == 1:
+            continue
+        where: Path = (*path, "attempts")
+        need = set(task.requires)
+        able = [n for n, a in plan.agents.items() if need <= set(a.capabilities) and a.capacity]
+        unfit = [n for n in able if plan.agents[n].workspace != "worktree"]
+        runners = {n: task.run or plan.agents[n].runner for n in able}
+        remote = [n for n, r in runners.items() if r is not None and r.remote]
+        if plan.settings.coordination == "contract_net":
+            yield Problem(
+                "attempts (best-of-N) works with settings.coordination: centralized only",
+                where,
+            )
+        elif unfit:
+            yield Problem(
+                f"attempts: {task.attempts} runs candidates in parallel git worktrees, but "
+                f"the able agent{'s' * (len(unfit) > 1)} {', '.join(map(repr, unfit))} "
+                f"{'does' if len(unfit) == 1 else 'do'} not have workspace: worktree",
+                where,
+            )
+        elif remote:
+            yield Problem(
+                f"attempts: {task.attempts} needs local agents, but "
+                f"{', '.join(map(repr, remote))} {'is' if len(remote) == 1 else 'are'} remote",
+                where,
+            )
+
+
+def _worktrees(plan: Plan) -> Iterator[Problem]:
+    """The conflict resolver is a local agent of the plan; worktree keys need a worktree agent."""
+    name = plan.settings.conflicts.resolver
+    where: Path = ("settings", "conflicts", "resolver")
+    if name is not None and name not in plan.agents:
+        yield Problem(
+            f"unknown agent {name!r}: the resolver is an agent of the plan",
+            where,
+            hint=did_you_mean(name, set(plan.agents)),
+        )
+    elif name is not None:
+        runner = plan.agents[name].runner
+        if runner is None or runner.remote:
+            what = "has no runner" if runner is None else "is remote"
+            yield Problem(
+                f"the resolver agent {name!r} {what}: it must run locally (python, shell or "
+                "a coding runner), in the resolution worktree",
+                where,
+            )
+    if not any(a.workspace == "worktree" for a in plan.agents.values()):
+        settings = plan.settings
+        used = [k for k in ("worktree", "conflicts") if k in settings.model_fields_set]
+        for key in used:
+            yield Problem(
+                f"settings.{key} only applies to agents with workspace: worktree (none has it)",
+                ("settings", key),
+                Severity.WARNING,
+                at_key=True,
+            )
 
 
 def task_paths(plan: Plan) -> Iterator[tuple[TaskPath, Task]]:
@@ -259,6 +323,12 @@ def _coordination(plan: Plan) -> Iterator[Problem]:
                 yield Problem(
                     f"a {key} runner cannot be remote: a remote agent answers through its "
                     f"hub connection (counterpoint agent --{key}); give python or shell",
+                    ("agents", name, key),
+                )
+            elif runner.coding:
+                yield Problem(
+                    f"a {key} runner cannot be a coding CLI: it answers with JSON; give "
+                    "python or shell",
                     ("agents", name, key),
                 )
             elif key == "bid" and plan.settings.coordination != "contract_net":

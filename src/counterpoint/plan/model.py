@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -130,6 +131,56 @@ class RaySettings(Strict):
     object_store_memory: int = Field(default=200 * 1024 * 1024, ge=75 * 1024 * 1024)
 
 
+class Budget(Strict):
+    """The run-wide budget of coding agents (see docs/coding-agents.md#budget)."""
+
+    max_cost_usd: float = Field(gt=0, description="USD, summed over every coding result")
+
+
+class WorktreeSettings(Strict):
+    """How ``workspace: worktree`` attempts are prepared and checked (docs/workspaces.md)."""
+
+    #: A file of the repository listing untracked files (globs, one a line) copied from
+    #: the repository's checkout into each new worktree, e.g. ``.env``.
+    include: str | None = Field(default=None, min_length=1)
+    #: Run in each new worktree before the agent starts; a failure fails the attempt.
+    setup: Command | None = None
+    setup_timeout: Duration = Field(default=600.0, gt=0)
+    #: Run in the worktree after the agent succeeded (and after a conflict resolution);
+    #: a non-zero exit fails the attempt. A task's or agent's ``check`` overrides it.
+    check: Command | None = None
+    check_timeout: Duration = Field(default=600.0, gt=0)
+
+
+class MechanicalRule(Strict):
+    """Conflicting paths resolved without an agent: lock files, generated files."""
+
+    paths: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
+        min_length=1, description="globs (fnmatch) on the path or its file name"
+    )
+    strategy: Literal["union", "ours", "theirs", "command"]
+    #: For ``strategy: command``: run in the integration worktree with the merge in
+    #: progress; it regenerates the paths (e.g. ``npm install --package-lock-only``).
+    command: Command | None = None
+    timeout: Duration = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _command_iff_command_strategy(self) -> MechanicalRule:
+        if self.strategy == "command" and self.command is None:
+            raise ValueError("strategy: command needs a command")
+        if self.strategy != "command" and self.command is not None:
+            raise ValueError(f"command only applies to strategy: command (not {self.strategy})")
+        return self
+
+
+class Conflicts(Strict):
+    """Where a merge conflict of a worktree task's branch goes (docs/workspaces.md)."""
+
+    mechanical: list[MechanicalRule] = Field(default_factory=list)
+    #: The agent that resolves the other conflicts, in a worktree with the merge in progress.
+    resolver: Id | None = None
+
+
 class Settings(Strict):
     coordination: Literal["centralized", "contract_net"] = "centralized"
     backend: Literal["local", "ray"] = "local"
@@ -148,6 +199,13 @@ class Settings(Strict):
     max_concurrency: int | None = Field(default=None, ge=1)
     #: A ready task that waited this long moves up one priority class (and so on).
     aging: Duration = 600.0
+    #: How the run orders ready tasks within a priority class: ``schedule`` (by their
+    #: planned start in the plan's searched schedule, refreshed when actual durations
+    #: drift) or ``critical-path`` (latest start first: the longest remaining path).
+    dispatch: Literal["schedule", "critical-path"] = "schedule"
+    #: How long a run searches for the schedule it follows when it starts (real
+    #: seconds; 0: the single priority-rule pass). Refreshes search a quarter of it.
+    dispatch_search: Duration = 1.0
     #: First retry delay; doubles per failed attempt (with jitter) up to retry_backoff_max.
     retry_backoff: Duration = 1.0
     retry_backoff_max: Duration = 300.0
@@ -160,10 +218,16 @@ class Settings(Strict):
     #: The git repository that ``workspace: worktree`` agents work in (relative to the
     #: plan's folder; default: the repository holding the plan file).
     repository: str | None = None
+    #: How worktrees are prepared (include, setup) and checked (check).
+    worktree: WorktreeSettings = Field(default_factory=WorktreeSettings)
+    #: How merge conflicts of worktree tasks are resolved (mechanical rules, a resolver).
+    conflicts: Conflicts = Field(default_factory=Conflicts)
+    #: What the run's coding agents may spend in all; when reached, no new task starts.
+    budget: Budget | None = None
 
 
 class Runner(Strict):
-    """How work is executed: exactly one of ``python``, ``shell`` or ``remote``."""
+    """How work is executed: exactly one of ``python``, ``shell``, ``remote`` or ``coding``."""
 
     python: str | None = Field(
         default=None,
@@ -178,21 +242,59 @@ class Runner(Strict):
     )
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
     cwd: str | None = Field(default=None, description="working directory, relative to the plan")
+    #: A coding agent's command-line tool, driven through its JSON protocol (see
+    #: docs/coding-agents.md); the keys below configure it.
+    coding: Literal["claude", "codex", "gemini", "aider"] | None = None
+    #: Explicitly allow the CLI's "skip all permission checks" mode (off by default).
+    skip_permissions: bool = False
+    command: str | None = Field(
+        default=None, min_length=1, description="the CLI's executable (default: its name on PATH)"
+    )
+    model: str | None = Field(default=None, min_length=1, description="the CLI's --model")
+    args: list[str] = Field(default_factory=list, description="extra arguments for the CLI")
+    allowed_tools: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
+        default_factory=list, description="tools the CLI may use without asking (claude, gemini)"
+    )
+    permission_mode: str | None = Field(
+        default=None, min_length=1, description="claude --permission-mode, gemini --approval-mode"
+    )
+    sandbox: str | None = Field(default=None, min_length=1, description="codex --sandbox")
+    #: A retry continues the previous attempt's CLI session by its id (claude, codex).
+    resume: bool = True
+
+    @field_validator("command", "model", "args", "allowed_tools", "permission_mode", "sandbox")
+    @classmethod
+    def _coding_key(cls, value: Any, info: ValidationInfo) -> Any:
+        from counterpoint.plan.coding import check_coding_key
+
+        if "coding" in info.data and info.field_name is not None:  # else coding is invalid
+            check_coding_key(info.field_name, value, info.data["coding"], info.data)
+        return value
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Runner:
-        kinds = [k for k in ("python", "shell", "remote") if getattr(self, k) not in (None, False)]
+        kinds = [
+            k
+            for k in ("python", "shell", "remote", "coding")
+            if getattr(self, k) not in (None, False)
+        ]
         if len(kinds) != 1:
             found = ", ".join(kinds) if kinds else "none"
             raise ValueError(
-                f"a runner needs exactly one of python, shell or remote (found {found})"
+                f"a runner needs exactly one of python, shell, remote or coding (found {found})"
             )
-        if self.shell is None and (self.use_shell or self.env or self.cwd is not None):
-            raise ValueError("use_shell, env and cwd only apply to a shell runner")
+        if self.shell is None and (self.use_shell or self.cwd is not None):
+            raise ValueError("use_shell and cwd only apply to a shell runner")
+        if self.shell is None and self.coding is None and self.env:
+            raise ValueError("env only applies to a shell or coding runner")
+        if self.coding is None and (self.skip_permissions or not self.resume):
+            raise ValueError("skip_permissions and resume only apply to a coding runner")
         return self
 
     @property
     def kind(self) -> str:
+        if self.coding:
+            return "coding"
         return "python" if self.python else "shell" if self.shell else "remote"
 
 
@@ -212,6 +314,9 @@ class AgentSpec(Strict):
     capacity: int = Field(default=1, ge=0, description="tasks it runs at once")
     runner: Runner | None = None
     workspace: Literal["none", "tempdir", "worktree"] = "none"
+    #: For ``workspace: worktree``: run in the worktree after each success (overrides
+    #: ``settings.worktree.check``; a task's own ``check`` overrides it).
+    check: Command | None = None
     description: str = ""
     #: How the agent answers a call for proposals (contract net): ``python`` (a
     #: ``bid(task)`` callable) or ``shell`` (the call on stdin, the proposal on stdout).
@@ -540,6 +645,10 @@ class Runbook(Strict):
         return steps
 
 
+#: The most candidates a best-of-N task (``attempts``) may run.
+MAX_CANDIDATES = 16
+
+
 class Task(Strict):
     id: Id
     name: str = ""
@@ -558,6 +667,22 @@ class Task(Strict):
     on_failure: OnFailureName | None = None
     run: Runner | None = None
     rollback: Runner | None = None
+    #: For a worktree task: run in its worktree after the agent succeeded; a non-zero exit
+    #: fails the attempt (overrides its agent's ``check`` and ``settings.worktree.check``).
+    check: Command | None = None
+    #: Files (paths or globs, relative to the repository) the task may touch: told to a
+    #: coding agent in its prompt (not enforced).
+    files: list[Annotated[str, StringConstraints(min_length=1)]] = Field(default_factory=list)
+    #: A coding agent's attempts may cost at most this much in all (USD, as the CLI reports).
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    #: At most this many agent turns per attempt (claude --max-turns).
+    max_turns: int | None = Field(default=None, ge=1)
+    #: An attempt that changed nothing in its worktree fails instead of being merged
+    #: (default: true for a coding runner in a worktree, false otherwise).
+    expect_changes: bool | None = None
+    #: Best-of-N: run this many candidates of each attempt in parallel worktrees and
+    #: merge the best one (``workspace: worktree`` agents only; docs/workspaces.md).
+    attempts: int = Field(default=1, ge=1, le=MAX_CANDIDATES)
 
     @property
     def title(self) -> str:

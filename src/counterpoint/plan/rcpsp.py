@@ -19,16 +19,22 @@ Methods, all on the same time-indexed resource profiles:
 * **forward-backward improvement** (justification, Tormos & Lova 2001, Valls et al.
   2005): every activity right-justified in the order of its finish, then
   left-justified again in the order of its new start; never worse, usually better;
-* a **genetic algorithm over activity lists** (Hartmann 1998) with two-point
-  crossover, precedence-preserving shift mutation, tournament selection, every child
-  justified and written back in the order of its improved schedule (Lamarckian), and
-  duplicate-free elitist replacement; it restarts from the best schedules when it
-  stagnates.
+* a **genetic algorithm over activity lists** (Hartmann 1998) with two crossovers
+  (Hartmann's two-point crossover, and a *peak crossover* after Valls, Ballestín and
+  Quintanilla 2008 that keeps the mother's most resource-dense interval),
+  precedence-preserving shift mutation, tournament selection, every child justified
+  and written back in the order of its improved schedule (Lamarckian), and
+  duplicate-free elitist replacement; it restarts from the best schedules whenever
+  it stagnates.
 
 Resource profiles are ``bytearray``s (free units per time unit), so finding the
 earliest start of an activity is a ``bytes.translate`` into a 0/1 mask and a
 ``bytes.find`` of ``d`` ones: C loops instead of Python ones. Capacities must be
-below 256 (:data:`MAX_CAPACITY`); the caller checks it.
+below 256 (:data:`MAX_CAPACITY`); the caller checks it. When numba is installed
+(``counterpoint[fast]``), the genetic algorithm breeds and evaluates its children with
+the compiled kernels of :mod:`counterpoint.plan._sgs_kernels` instead, about 15 times
+faster, with exactly the same results for the same random draws (the search's
+defaults, population and stagnation limit, are larger with them).
 
 Everything is deterministic for a given seed; only where the search stops depends
 on the clock when it stops on its time limit.
@@ -37,10 +43,14 @@ on the clock when it stops on its time limit.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import numpy as np
 
 MAX_CAPACITY = 255
 
@@ -420,15 +430,253 @@ def _draw(weights: list[float], rng: random.Random) -> int:
 # The genetic algorithm
 
 
+#: problems with fewer activities than this search in pure Python (faster than
+#: loading the compiled kernels)
+FAST_MIN_ACTIVITIES = 20
+#: the default stagnation limit is this many schedules per activity (at least
+#: :data:`STAGNATION_MIN`), times :data:`FAST_STAGNATION_FACTOR` with the kernels
+STAGNATION_PER_ACTIVITY = 40
+STAGNATION_MIN = 5000
+FAST_STAGNATION_FACTOR = 20
+#: with the kernels, the population is 2 n, within these bounds
+FAST_POPULATION = (40, 150)
+#: with the kernels, the population restarts after about this many generations
+#: without improvement (two children per pair: as many children as its size)
+RESTART_GENERATIONS = 20
+#: the share of children made by the peak crossover (the others: two-point)
+PEAK_SHARE = 0.5
+#: forward-backward improvement is repeated while it shortens a schedule, at most
+#: this many times per child
+JUSTIFY_ROUNDS = 1
+#: activities moved per child by the mutation, on average (more as the search stagnates)
+MUTATION_MOVES = 2.0
+
+
+def _csr(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    start = np.zeros(len(lists) + 1, np.int64)
+    start[1:] = np.cumsum([len(x) for x in lists])
+    flat = np.fromiter((x for xs in lists for x in xs), np.int64, int(start[-1]))
+    return start, flat
+
+
+_threads: dict[int, ThreadPoolExecutor] = {}  # by process id: a forked child makes its own
+
+
+def _pool() -> ThreadPoolExecutor | None:
+    """One worker thread for the kernels, when the machine has a second core.
+
+    Kept per process: a child forked after the pool existed has the pool's queue but not
+    its thread, and work handed to it there would wait forever.
+    """
+    if (os.cpu_count() or 1) < 2 or os.environ.get("COUNTERPOINT_SEARCH_THREADS") == "1":
+        return None
+    pid = os.getpid()
+    pool = _threads.get(pid)
+    if pool is None:
+        pool = _threads[pid] = ThreadPoolExecutor(1, thread_name_prefix="counterpoint-search")
+    return pool
+
+
+class _Backend:
+    """Children bred and evaluated in batches: by the compiled kernels of
+    :mod:`counterpoint.plan._sgs_kernels`, or in pure Python with :class:`_Decoder`.
+    Both give exactly the same results from the same random draws."""
+
+    def __init__(self, problem: Problem, dec: _Decoder, fast: bool) -> None:
+        self.p = problem
+        self.dec = dec
+        self.fast = fast
+        self.ps, self.pi = _csr(problem.preds)
+        self.ss, self.si = _csr(problem.succs)
+        # resource use per activity for the peak crossover: units / capacity, in
+        # integer 1/65536ths (agent groups not counted)
+        self.weight_list = [
+            sum(q * (65536 // problem.capacity[r]) for r, q in d if q > 0)
+            if problem.duration[j]
+            else 0
+            for j, d in enumerate(problem.demand)
+        ]
+        self.weight = np.array(self.weight_list, np.int64)
+        self.dur = np.array(problem.duration, np.int64)
+        if fast:
+            dem = [[(r, q) for r, q in d if q > 0] for d in problem.demand]
+            self.rs, self.rr = _csr([[r for r, _ in d] for d in dem])
+            self.rq = np.array([q for d in dem for _, q in d], np.int64)
+            self.as_, self.ai = _csr(problem.alternatives)
+            self.cap = np.array(problem.capacity, np.int64)
+            self.free = np.repeat(self.cap[:, None], dec.horizon, axis=1).astype(np.int32)
+            self.rank = np.array(dec.rank, np.int64)
+        self.free2: np.ndarray | None = None
+
+    def evaluate(
+        self, orders: np.ndarray, rounds: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """Each list scheduled and justified (again while that shortens it, at most
+        ``rounds`` times): starts, choices, makespans, new lists, passes made."""
+        m, n = orders.shape
+        starts = np.empty((m, n), np.int64)
+        choices = np.empty((m, n), np.int64)
+        makespans = np.empty(m, np.int64)
+        out = np.empty((m, n), np.int64)
+        passes = np.empty(m, np.int64)
+        if self.fast:
+            from counterpoint.plan import _sgs_kernels as kernels
+
+            def part(a: int, b: int, free: np.ndarray) -> None:
+                kernels.evaluate(
+                    orders[a:b], self.dur, self.ps, self.pi, self.ss, self.si, self.rs,
+                    self.rr, self.rq, self.as_, self.ai, self.cap, self.rank, free, rounds,
+                    starts[a:b], choices[a:b], makespans[a:b], out[a:b], passes[a:b],
+                )  # fmt: skip
+
+            pool = _pool() if m >= 16 else None
+            if pool is None:
+                part(0, m, self.free)
+            else:  # the kernels release the GIL: the second half on another core
+                if self.free2 is None:
+                    self.free2 = self.free.copy()
+                half = m // 2
+                other = pool.submit(part, half, m, self.free2)
+                part(0, half, self.free)
+                other.result()
+            return starts, choices, makespans, out, int(passes.sum())
+        dec = self.dec
+        total = 0
+        for c in range(m):
+            sol = dec.serial(orders[c].tolist())
+            order: list[int] | None = None
+            total += 1
+            for _ in range(rounds):
+                better, fwd = dec.justify(sol)
+                total += 2
+                if better is sol:  # the justified schedule is longer
+                    break
+                shorter = better.makespan < sol.makespan
+                sol, order = better, fwd
+                if not shorter:
+                    break
+            starts[c] = sol.start
+            choices[c] = sol.choice
+            makespans[c] = sol.makespan
+            out[c] = order if order is not None else dec.order_of(sol)
+        return starts, choices, makespans, out, total
+
+    def breed(
+        self,
+        pop: np.ndarray,
+        pop_starts: np.ndarray,
+        mothers: np.ndarray,
+        fathers: np.ndarray,
+        cuts: np.ndarray,
+        peak: np.ndarray,
+        moves: np.ndarray,
+        draws: np.ndarray,
+    ) -> np.ndarray:
+        """Crossover (two-point, or peak where ``peak >= 0``) and shift mutation (see
+        ``_sgs_kernels.breed``)."""
+        m, n = len(mothers), pop.shape[1]
+        children = np.empty((m, n), np.int64)
+        if self.fast:
+            from counterpoint.plan import _sgs_kernels as kernels
+
+            kernels.breed(
+                pop, pop_starts, mothers, fathers, cuts, peak, moves, draws,
+                self.ps, self.pi, self.ss, self.si, self.dur, self.weight, children,
+            )  # fmt: skip
+            return children
+        for c in range(m):
+            mother = pop[mothers[c]].tolist()
+            father = pop[fathers[c]].tolist()
+            if peak[c] >= 0:
+                child = self._peak(mother, father, pop_starts[mothers[c]].tolist(), peak[c])
+            else:
+                child = _two_point(mother, father, int(cuts[c, 0]), int(cuts[c, 1]))
+            self._shift(child, int(moves[c]), draws[c])
+            children[c] = child
+        return children
+
+    def _peak(self, mother: list[int], father: list[int], ms: list[int], u: float) -> list[int]:
+        """``_sgs_kernels._peak`` in Python (the same integer arithmetic)."""
+        dur = self.p.duration
+        n = len(mother)
+        horizon = max((ms[j] + dur[j] for j in range(n)), default=0)
+        if horizon == 0:
+            return list(mother)
+        usage = [0] * horizon
+        for j in range(n):
+            w = self.weight_list[j]
+            if w > 0:
+                for t in range(ms[j], ms[j] + dur[j]):
+                    usage[t] += w
+        length = min(horizon, 1 + int((0.1 + 0.4 * u) * horizon))
+        total = sum(usage[:length])
+        best, a = total, 0
+        for t in range(length, horizon):
+            total += usage[t] - usage[t - length]
+            if total > best:
+                best, a = total, t - length + 1
+        b = a + length
+        return (
+            [j for j in father if ms[j] < a]
+            + [j for j in mother if a <= ms[j] < b]
+            + [j for j in father if ms[j] >= b]
+        )
+
+    def _shift(self, child: list[int], moves: int, draws: np.ndarray) -> None:
+        preds, succs = self.p.preds, self.p.succs
+        n = len(child)
+        for mv in range(moves):
+            pos = [0] * n
+            for i, j in enumerate(child):
+                pos[j] = i
+            i = min(n - 1, int(draws[mv, 0] * n))
+            j = child[i]
+            lo = max((pos[q] + 1 for q in preds[j]), default=0)
+            hi = min((pos[s] - 1 for s in succs[j]), default=n - 1)
+            if hi <= lo:
+                continue
+            to = lo + min(hi - lo, int(draws[mv, 1] * (hi - lo + 1)))
+            if to != i:
+                del child[i]
+                child.insert(to, j)
+
+
+def _two_point(mother: list[int], father: list[int], q1: int, q2: int) -> list[int]:
+    """Hartmann's crossover: the mother's first ``q1``, the father's next up to ``q2``,
+    the rest in the mother's order."""
+    child = mother[:q1]
+    taken = bytearray(len(mother))
+    for j in child:
+        taken[j] = 1
+    for j in father:
+        if len(child) >= q2:
+            break
+        if not taken[j]:
+            child.append(j)
+            taken[j] = 1
+    child += [j for j in mother if not taken[j]]
+    return child
+
+
 @dataclass
 class _Individual:
-    order: list[int]
-    sol: Solution
-    key: int  # hash of the start times, to keep the population free of duplicates
+    order: np.ndarray  # the activity list of the (justified) schedule
+    start: np.ndarray
+    choice: np.ndarray
+    makespan: int
+    key: bytes  # the start times, to keep the population free of duplicates
+
+    def solution(self) -> Solution:
+        return Solution(self.start.tolist(), self.choice.tolist(), self.makespan)
 
 
 class Search:
-    """The population search; :meth:`run` returns the best schedule found."""
+    """The population search; :meth:`run` returns the best schedule found.
+
+    ``fast``: use the compiled kernels (None: when numba is installed, the kernels are
+    compiled and the problem has at least :data:`FAST_MIN_ACTIVITIES` activities). The
+    result does not depend on it, only the speed (and the default stagnation limit).
+    """
 
     def __init__(
         self,
@@ -437,103 +685,96 @@ class Search:
         seed: int = 0,
         population: int = 0,
         lower_bound: int = 0,
+        fast: bool | None = None,
     ) -> None:
         self.p = problem
         self.dec = _Decoder(problem)
         self.rng = random.Random(seed)
+        self.gen = np.random.default_rng(seed)
         n = problem.n
-        self.size = population or max(16, min(40, 8 + n // 4))
+        self.size = population
         self.lower_bound = lower_bound
         self.times = cpm(problem)
         self.rules = priority_rules(problem, self.times)
         self.schedules = 0
+        self._best: _Individual | None = None
+        self.last_better = 0
+        if fast is None:
+            fast = n >= FAST_MIN_ACTIVITIES and _kernels_ready()
+        elif fast and not _kernels_ready(background=False):
+            from counterpoint.plan import _sgs_kernels as kernels
+
+            kernels.warm_up()
+            fast = kernels.AVAILABLE
+        self.fast = fast
+        if not self.size:
+            self.size = (
+                max(FAST_POPULATION[0], min(FAST_POPULATION[1], 2 * n))
+                if fast
+                else max(16, min(40, 8 + n // 4))
+            )
+        self.backend = _Backend(problem, self.dec, fast)
 
     # -- evaluation -----------------------------------------------------------
 
-    def _evaluate(self, order: list[int]) -> _Individual:
-        sol = self.dec.serial(order)
-        better, new_order = self.dec.justify(sol)
-        self.schedules += 3
-        return _Individual(new_order, better, hash(tuple(better.start)))
+    def _evaluate(self, orders: Sequence[Sequence[int]] | np.ndarray) -> list[_Individual]:
+        if len(orders) == 0:
+            return []
+        starts, choices, makespans, out, passes = self.backend.evaluate(
+            np.array(orders, np.int64), JUSTIFY_ROUNDS
+        )
+        self.schedules += passes
+        found = []
+        for c in range(len(orders)):
+            ind = _Individual(out[c], starts[c], choices[c], int(makespans[c]), starts[c].tobytes())
+            found.append(ind)
+            self._note(ind, self.schedules)
+        return found
 
     def _from_solution(self, sol: Solution) -> _Individual:
-        better, new_order = self.dec.justify(sol)
+        better, order = self.dec.justify(sol)
         self.schedules += 2
-        return _Individual(new_order, better, hash(tuple(better.start)))
+        start = np.array(better.start, np.int64)
+        ind = _Individual(
+            np.array(order, np.int64),
+            start,
+            np.array(better.choice, np.int64),
+            better.makespan,
+            start.tobytes(),
+        )
+        self._note(ind, self.schedules)
+        return ind
 
-    # -- operators ------------------------------------------------------------
+    @property
+    def best(self) -> _Individual:
+        assert self._best is not None, "no schedule evaluated yet"
+        return self._best
 
-    def _crossover(self, mother: list[int], father: list[int]) -> list[int]:
-        """Hartmann's two-point crossover: mother's head, father's middle, mother's tail."""
-        n = len(mother)
-        q1 = self.rng.randrange(n + 1)
-        q2 = self.rng.randrange(n + 1)
-        if q1 > q2:
-            q1, q2 = q2, q1
-        child = mother[:q1]
-        taken = bytearray(n)
-        for j in child:
-            taken[j] = 1
-        for j in father:
-            if len(child) >= q2:
-                break
-            if not taken[j]:
-                child.append(j)
-                taken[j] = 1
-        for j in mother:
-            if not taken[j]:
-                child.append(j)
-        return child
-
-    def _mutate(self, order: list[int], rate: float) -> None:
-        """Move a few activities to a random position between their predecessors and
-        successors in the list (keeps the list precedence-feasible)."""
-        n = len(order)
-        rng = self.rng
-        moves = 0
-        for _ in range(n):
-            if rng.random() < rate:
-                moves += 1
-        if not moves:
-            return
-        preds, succs = self.p.preds, self.p.succs
-        for _ in range(moves):
-            pos = [0] * n
-            for i, j in enumerate(order):
-                pos[j] = i
-            i = rng.randrange(n)
-            j = order[i]
-            lo = max((pos[q] for q in preds[j]), default=-1) + 1
-            hi = min((pos[s] for s in succs[j]), default=n) - 1
-            if hi <= lo:
-                continue
-            k = rng.randint(lo, hi)
-            if k == i:
-                continue
-            del order[i]
-            order.insert(k, j)
+    def _note(self, ind: _Individual, at: int) -> None:
+        if self._best is None or ind.makespan < self._best.makespan:
+            self._best = ind
+            self.last_better = at
 
     # -- the search -----------------------------------------------------------
 
     def initial(self, seeds: Sequence[list[int]] = ()) -> list[_Individual]:
-        found: dict[int, _Individual] = {}
-        for order in seeds:
-            if len(order) == self.p.n:
-                ind = self._evaluate(list(order))
-                found.setdefault(ind.key, ind)
+        found: dict[bytes, _Individual] = {}
+        lists = [list(order) for order in seeds if len(order) == self.p.n]
+        evaluated = self._evaluate(lists)
         for priority in self.rules.values():
-            for ind in (
-                self._evaluate(rule_list(self.p, priority)),
-                self._from_solution(self.dec.parallel(priority)),
-            ):
-                found.setdefault(ind.key, ind)
+            evaluated += self._evaluate([rule_list(self.p, priority)])
+            evaluated.append(self._from_solution(self.dec.parallel(priority)))
+        for ind in evaluated:
+            found.setdefault(ind.key, ind)
         lft = self.rules["LFT"]
         tries = 0
         while len(found) < self.size and tries < 4 * self.size:
-            tries += 1
-            ind = self._evaluate(sampled_list(self.p, lft, self.rng))
-            found.setdefault(ind.key, ind)
-        pop = sorted(found.values(), key=lambda i: i.sol.makespan)
+            want = min(self.size - len(found), 4 * self.size - tries)
+            tries += want
+            samples = [sampled_list(self.p, lft, self.rng) for _ in range(want)]
+            for ind in self._evaluate(samples):
+                found.setdefault(ind.key, ind)
+        pop = sorted(found.values(), key=lambda i: i.makespan)
         return pop[: self.size]
 
     def run(
@@ -546,25 +787,38 @@ class Search:
         clock: Callable[[], float] = time.perf_counter,
     ) -> SearchResult:
         """Search until the lower bound, the time limit, the schedule budget or
-        ``stagnation`` schedules without improvement (default ``max(5000, 40 n)``); after
-        half of that, the population restarts from its best quarter."""
-        deadline = clock() + time_limit
+        ``stagnation`` schedules without improvement (default ``max(5000, 40 n)``,
+        :data:`FAST_STAGNATION_FACTOR` times that with the compiled kernels); after
+        half of ``max(5000, 40 n)`` (with the kernels, at least
+        :data:`RESTART_GENERATIONS` generations) without improvement, the population
+        restarts from its best quarter. A generation is not started when one taking
+        twice as long as the last would end after the time limit, nor within the last
+        30 ms of it (3% of shorter limits), left for the caller's work on the result
+        and for a busy machine."""
+        deadline = clock() + time_limit - min(0.03, 0.03 * time_limit)
+        step = 0.0  # how long the last generation took
         limit = math.inf if max_schedules is None else max_schedules
-        stale_limit = stagnation if stagnation is not None else max(5000, 40 * self.p.n)
+        base = max(STAGNATION_MIN, STAGNATION_PER_ACTIVITY * self.p.n)
+        stale_limit = stagnation
+        if stale_limit is None:
+            stale_limit = base * (FAST_STAGNATION_FACTOR if self.fast else 1)
+        restart_every = base // 2
+        if self.fast:  # a larger population: at least RESTART_GENERATIONS generations
+            restart_every = max(restart_every, 3 * self.size * RESTART_GENERATIONS)
+        restart_every = min(restart_every, stale_limit)
         pop = self.initial(initial)
-        self.best = pop[0]
         self.last_better = self.schedules
         generations = 0
-        restarted = False
+        last_restart = 0
         while True:
             stale = self.schedules - self.last_better
             stopped = (
                 "lower bound"
-                if self.best.sol.makespan <= self.lower_bound
+                if self.best.makespan <= self.lower_bound
                 else "budget"
                 if self.schedules >= limit
                 else "time limit"
-                if clock() >= deadline
+                if clock() + 2 * step >= deadline
                 else "stagnation"
                 if stale >= stale_limit
                 else ""
@@ -572,66 +826,77 @@ class Search:
             if stopped:
                 break
             generations += 1
-            if not restarted and stale >= stale_limit // 2:
+            budget = max(1, math.ceil((limit - self.schedules) / 3)) if limit < math.inf else 0
+            began = clock()
+            if self.schedules - max(self.last_better, last_restart) >= restart_every:
                 pop = self._restart(pop)
-                restarted = True
+                last_restart = self.schedules
+                step = clock() - began
                 continue
             # about two moves per child, more as the search stagnates
-            rate = 2.0 / self.p.n + 0.03 * min(1.0, stale / max(1, stale_limit))
-            before = self.last_better
-            pop = self._generation(
-                pop, rate, lambda: clock() >= deadline or self.schedules >= limit
-            )
-            restarted = restarted and self.last_better == before
-        elite = [i.order for i in pop]
-        return SearchResult(self.best.sol, self.schedules, generations, stopped, elite)
+            since = self.schedules - max(self.last_better, last_restart)
+            rate = MUTATION_MOVES / self.p.n + 0.03 * min(1.0, since / max(1, 2 * restart_every))
+            rate = min(1.0, rate)
+            pop = self._generation(pop, rate, budget)
+            step = clock() - began
+        elite = [i.order.tolist() for i in pop]
+        return SearchResult(self.best.solution(), self.schedules, generations, stopped, elite)
 
-    def _generation(
-        self, pop: list[_Individual], rate: float, done: Callable[[], bool]
-    ) -> list[_Individual]:
-        """Pairs of parents by tournament, two children each; the best survive."""
+    def _generation(self, pop: list[_Individual], rate: float, budget: int) -> list[_Individual]:
+        """Pairs of parents by tournament, two children each; the best survive.
+        ``budget``: at most this many children (0: no limit)."""
+        gen = self.gen
+        n = self.p.n
+        pairs = max(2, self.size // 2)
+        count = min(2 * pairs, budget) if budget else 2 * pairs
+        makespans = np.array([i.makespan for i in pop], np.int64)
+        draw = gen.integers(0, len(pop), size=(pairs, 4))
+        a = np.where(makespans[draw[:, 0]] <= makespans[draw[:, 1]], draw[:, 0], draw[:, 1])
+        b = np.where(makespans[draw[:, 2]] <= makespans[draw[:, 3]], draw[:, 2], draw[:, 3])
+        mothers = np.stack([a, b], axis=1).ravel()[:count]
+        fathers = np.stack([b, a], axis=1).ravel()[:count]
+        cuts = np.sort(gen.integers(0, n + 1, size=(count, 2)), axis=1)
+        peak = gen.random(count)
+        peak = np.where(gen.random(count) < PEAK_SHARE, peak, -1.0)
+        moves = gen.binomial(n, rate, size=count)
+        draws = gen.random((count, max(1, int(moves.max())), 2))
+        orders = np.stack([i.order for i in pop])
+        starts = np.stack([i.start for i in pop])
+        children = self.backend.breed(orders, starts, mothers, fathers, cuts, peak, moves, draws)
+        return self._merge(pop, self._evaluate(children))
+
+    def _merge(self, pop: list[_Individual], children: list[_Individual]) -> list[_Individual]:
         keys = {i.key for i in pop}
-        children: list[_Individual] = []
-        for _ in range(max(2, self.size // 2)):
-            mother = self._tournament(pop)
-            father = self._tournament(pop)
-            for a, b in ((mother, father), (father, mother)):
-                child = self._crossover(a.order, b.order)
-                self._mutate(child, rate)
-                ind = self._evaluate(child)
-                if ind.key not in keys:
-                    keys.add(ind.key)
-                    children.append(ind)
-                    self._note(ind)
-            if done():
-                break
-        return sorted(pop + children, key=lambda i: i.sol.makespan)[: self.size]
-
-    def _note(self, ind: _Individual) -> None:
-        if ind.sol.makespan < self.best.sol.makespan:
-            self.best = ind
-            self.last_better = self.schedules
-
-    def _tournament(self, pop: list[_Individual]) -> _Individual:
-        a = pop[self.rng.randrange(len(pop))]
-        b = pop[self.rng.randrange(len(pop))]
-        return a if a.sol.makespan <= b.sol.makespan else b
+        fresh = []
+        for ind in children:
+            if ind.key not in keys:
+                keys.add(ind.key)
+                fresh.append(ind)
+        return sorted(pop + fresh, key=lambda i: i.makespan)[: self.size]
 
     def _restart(self, pop: list[_Individual]) -> list[_Individual]:
         """Keep the best quarter; the rest: heavily mutated copies of it and new samples."""
         keep = pop[: max(2, len(pop) // 4)]
-        found = {i.key: i for i in keep}
         lft = self.rules["LFT"]
-        for k in range(self.size - len(keep)):
-            if k % 2:
-                order = sampled_list(self.p, lft, self.rng, alpha=2.0)
-            else:
-                order = list(keep[k % len(keep)].order)
-                self._mutate(order, 0.15)
-            ind = self._evaluate(order)
-            found.setdefault(ind.key, ind)
-            self._note(ind)
-        return sorted(found.values(), key=lambda i: i.sol.makespan)[: self.size]
+        n = self.p.n
+        copies = [k % len(keep) for k in range(0, self.size - len(keep), 2)]
+        samples = [
+            sampled_list(self.p, lft, self.rng, alpha=2.0)
+            for _ in range(1, self.size - len(keep), 2)
+        ]
+        lists: list[Sequence[int]] = list(samples)
+        if copies:
+            parents = np.array(copies, np.int64)
+            moves = self.gen.binomial(n, 0.15, size=len(copies))
+            draws = self.gen.random((len(copies), max(1, int(moves.max())), 2))
+            cuts = np.zeros((len(copies), 2), np.int64)
+            orders = np.stack([i.order for i in keep])
+            starts = np.stack([i.start for i in keep])
+            peak = np.full(len(copies), -1.0)
+            lists += list(
+                self.backend.breed(orders, starts, parents, parents, cuts, peak, moves, draws)
+            )
+        return self._merge(keep, self._evaluate(lists))
 
     def latest_starts(self, sol: Solution) -> list[int]:
         """Per activity, its start when everything is right-justified against the makespan."""
@@ -646,7 +911,15 @@ class Search:
 
     def decode(self, order: list[int]) -> Solution:
         """An activity list, scheduled and justified (for re-evaluating elite lists)."""
-        return self._evaluate(order).sol
+        sol, _ = self.dec.justify(self.dec.serial(order))
+        self.schedules += 3
+        return sol
+
+
+def _kernels_ready(*, background: bool = True) -> bool:
+    from counterpoint.plan import _sgs_kernels as kernels
+
+    return kernels.ready(background=background)
 
 
 def single_pass(problem: Problem, rule: str = "LFT") -> Solution:

@@ -115,6 +115,7 @@ def schedule(
     max_schedules: int | None = None,
     warm: Schedule | None = None,
     stagnation: int | None = None,
+    compiled: bool | None = None,
 ) -> Schedule:
     """Compute a resource-feasible schedule for a compiled plan.
 
@@ -125,6 +126,8 @@ def schedule(
     without OR-Tools). ``warm``: a schedule of the same tasks (another capacity, say)
     whose order seeds the search. ``stagnation``: schedules without improvement after
     which the search stops (default ``max(5000, 40 n)`` for n graph nodes; 0 never).
+    ``compiled``: use the numba kernels (None: when installed and worth it; False: pure
+    Python, which never loads or compiles them, e.g. in a thread beside an event loop).
     The result depends only on the arguments, except where the search stopped on its
     time limit (``stopped``).
     """
@@ -139,7 +142,7 @@ def schedule(
     if best.optimal:
         return replace(best, stopped="lower bound")
     limits = _Limits(started, time_limit, max_schedules, stagnation)
-    return _improve(graph, best, limits, seed, optimal, warm)
+    return _improve(graph, best, limits, seed, optimal, warm, compiled)
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ def _improve(
     seed: int,
     optimal: bool,
     warm: Schedule | None,
+    compiled: bool | None = None,
 ) -> Schedule:
     from counterpoint.plan.problem import build
     from counterpoint.plan.rcpsp import Search
@@ -170,7 +174,7 @@ def _improve(
     if pp is None:
         return replace(best, stopped="not supported")
     bound_steps = math.ceil(best.lower_bound_s / pp.step_s - 1e-6)
-    search = Search(pp.problem, seed=seed, lower_bound=bound_steps)
+    search = Search(pp.problem, seed=seed, lower_bound=bound_steps, fast=compiled)
     seeds = [_activity_list(graph, best.start_s)]
     if warm is not None and len(warm.start_s) == graph.n_tasks:
         seeds.insert(0, _activity_list(graph, warm.start_s))
@@ -313,8 +317,7 @@ class _Scheduler:
         if v >= g.n_tasks:
             self._complete(v)
             return
-        tail = g.critical_path_s - g.ls[v]
-        self.queue.push(v, self.demand[v], g.priority_rank[v], tail, self.now)
+        self.queue.push(v, self.demand[v], g.priority_rank[v], (g.ls[v], 0.0), self.now)
 
     def _complete(self, v: int) -> None:
         """Mark ``v`` finished now and release whatever it unblocks (barriers cascade)."""

@@ -39,10 +39,14 @@ from counterpoint.plan.model import OnFailure
 from counterpoint.plan.writes import overlap
 from counterpoint.queueing import ReadyQueue
 from counterpoint.runtime.alerts import AlertMonitor
+from counterpoint.runtime.candidates import Candidates
 from counterpoint.runtime.coordination import Coordination, DecisionHandle
+from counterpoint.runtime.dispatch_order import DispatchOrder
 from counterpoint.runtime.escalation import Escalator
 from counterpoint.runtime.events import Completion, Observers, RunEvent, TaskState
+from counterpoint.runtime.following import Following
 from counterpoint.runtime.gates import GateChecker, GateReport
+from counterpoint.runtime.governing import Governing
 from counterpoint.runtime.runners import Runners
 from counterpoint.runtime.sampling import MetricSampler
 from counterpoint.runtime.spawning import SpawnHandle, Spawning
@@ -77,7 +81,7 @@ class RunOptions:
     ray_address: str | None = None
 
 
-class Orchestrator(Steering, Undoing, Spawning, Coordination):
+class Orchestrator(Steering, Undoing, Spawning, Coordination, Governing, Candidates, Following):
     """Runs one plan to the end (or until cancelled), journaling every transition."""
 
     def __init__(
@@ -113,6 +117,14 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
         self.agents = AgentPool(self.plan.agents)
         self.resources = ResourcePool(self.plan.resources, time.monotonic())
         self.queue = ReadyQueue(self.plan.settings.aging)
+        self.order = DispatchOrder(
+            graph,
+            self.plan.settings.dispatch,
+            self.plan.settings.dispatch_search,
+            options.seed or 0,
+        )
+        self.began = time.monotonic()
+        self.background: set[asyncio.Task[None]] = set()  # dispatch schedule refreshes
         self.demands: dict[int, Demand] = {}
         self.running: dict[int, asyncio.Task[None]] = {}
         self.gates_running: dict[int, asyncio.Task[None]] = {}
@@ -158,6 +170,7 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
         self._init_undo()
         self._init_spawn()
         self._init_coordination()
+        self._init_governor()
         self.sampler = MetricSampler(store, run_id, self.plan.settings.metrics_every)
         self.alerts = AlertMonitor(
             self.plan,
@@ -178,9 +191,11 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
 
     async def run(self, previous: dict[str, TaskRecord] | None = None) -> int:
         """Run to the end; returns the exit code (0 done, 1 failures, 3 cancelled)."""
+        self.began = time.monotonic()
         self._restore(previous or {})
         self.observers.attach(self.g)
         self.emit("run_started", tasks=self.g.n_tasks, resumed=bool(previous))
+        self._plan_dispatch(resumed=bool(previous))
         if self.hub_url is not None:
             self.emit("hub_listening", url=self.hub_url, remote_agents=self.runners.remote_agents)
         self._poll_commands()  # e.g. a rollback asked for while the run was stopped
@@ -288,6 +303,7 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
         dropped = self._restore_spawned()
         self.shared.restore()
         self.escalator.restore()
+        self.governor.restore()
         if previous:
             self.sampler.restore()
         self.alerts.restore()
@@ -296,10 +312,12 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
             self._set_agent_state(name, state, journal=False)
         failed: list[int] = []
         undone: list[int] = []
+        ended = self.store.attempt_counts(self.run_id) if previous else {}
         for t, tid in enumerate(self.g.task_ids):
             rec = previous.get(tid)
             if rec is not None:
                 self._restore_task(t, rec, failed, undone)
+                self._restore_budget(t, rec, ended.get(tid, {}))
         self._settle_restored(previous, dropped)
         self._recount()
         for t in failed:
@@ -308,6 +326,7 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
             self._block_downstream(t, f"{self.g.task_ids[t]} was rolled back")
         for v in [v for v in range(self.g.n_nodes) if self._startable(v)]:
             self._on_ready(v)
+        self._check_budget()  # a resumed run whose budget is already spent starts nothing
 
     def _restore_task(self, t: int, rec: TaskRecord, failed: list[int], undone: list[int]) -> None:
         """One task's state from the journal; failed and rolled-back ones are noted."""
@@ -344,6 +363,19 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
                 )
             self.state[t] = TaskState.PENDING
             self._save(t)
+
+    def _restore_budget(self, t: int, rec: TaskRecord, ended: dict[str, int]) -> None:
+        """The retries (and agent losses) a task used before the run stopped still count,
+        so a resume never gives a task waiting to retry a fresh budget; ``--retry-failed``
+        does, for the tasks it runs again."""
+        fresh = self.options.retry_failed and rec.state in (
+            TaskState.FAILED,
+            TaskState.ROLLED_BACK,
+            TaskState.BLOCKED,
+        )
+        if not fresh:
+            self.failures[t] = ended.get("failed", 0) + ended.get("timed_out", 0)
+        self.losses[t] = ended.get("lost", 0)
 
     def _startable(self, v: int) -> bool:
         if self.done[v] or self.blocked[v] or self.waiting[v]:
@@ -400,6 +432,14 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
 
     # -- dispatch ---------------------------------------------------------------
 
+    def _demand(self, t: int) -> Demand:
+        demand = self.demands.get(t)
+        if demand is None:
+            task = self.g.tasks[t]
+            pool = self.agents.pool_for(task.requires) if self.agents.names else -1
+            demand = self.demands[t] = self.resources.demand(task.resources, pool)
+        return demand
+
     def _on_ready(self, v: int) -> None:
         """``v``'s dependencies are all done: queue a task, open a barrier or check its gate."""
         if v < self.g.n_tasks:
@@ -415,13 +455,10 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
     def _enqueue(self, t: int) -> None:
         if self.coordinating and self._calls_for(t):
             return  # contract net: it waits for the proposals of a call
-        demand = self.demands.get(t)
-        if demand is None:
-            task = self.g.tasks[t]
-            pool = self.agents.pool_for(task.requires) if self.agents.names else -1
-            demand = self.demands[t] = self.resources.demand(task.resources, pool)
-        tail = self.g.critical_path_s - self.g.ls[t]
-        self.queue.push(t, demand, self.g.priority_rank[t], tail, time.monotonic())
+        demand = self._demand(t)
+        now = time.monotonic()
+        key = self.order.key(t, self._plan_time(now))
+        self.queue.push(t, demand, self.g.priority_rank[t], key, now)
         self.state[t] = TaskState.READY
 
     def _dispatch(self) -> None:
@@ -453,6 +490,9 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
                     continue  # contract net: its winner left; it is called again
                 if not self._can_ever_run(demand.pool):
                     self._park_unrunnable(demand, t, now)
+                continue
+            if self._held_back(t, demand, now):
+                self.queue.hold(demand, now)
                 continue
             waited, first_chance = self.queue.take(demand, t, now)
             self.sampler.dispatched(waited, first_chance)
@@ -523,11 +563,8 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
     def _workdir(self, t: int) -> Path:
         """The plan's folder; a fresh folder per attempt for ``workspace: tempdir`` agents; a
         git worktree on its own branch per attempt for ``workspace: worktree`` agents."""
-        from counterpoint.agents.worktree import (
-            WorktreeError,
-            WorktreeManager,
-            repository_folder,
-        )
+        from counterpoint.agents.attempt import open_worktrees, task_dependencies
+        from counterpoint.agents.worktree import WorktreeError, WorktreeManager
 
         agent = self.agent_of[t]
         workspace = (
@@ -536,23 +573,22 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
         if workspace == "worktree":
             worktrees: WorktreeManager | None = getattr(self, "worktrees", None)
             if worktrees is None:  # one per run, made when first needed
-                worktrees = WorktreeManager(
-                    repository_folder(self.plan), self.state_dir, self.run_id
-                )
+                worktrees = open_worktrees(self.plan, self.state_dir, self.run_id, self.store)
                 self.worktrees = worktrees
             was_started = worktrees.started
             tid, name = self.g.task_ids[t], self.agents.names[agent]  # type: ignore[index]
+            deps = task_dependencies(self.g, t)  # the task branches from their merged work
             if self.runners.is_remote(tid, name):
                 attempt = self.attempts[t]
                 try:
-                    self.remote_workspaces[t] = worktrees.prepare_remote(tid, attempt, name)
+                    self.remote_workspaces[t] = worktrees.prepare_remote(tid, attempt, name, deps)
                 except WorktreeError as exc:  # the agent is told, and fails the attempt
                     why = f"could not prepare the task's branch: {exc}"
                     worktrees.unprepared[(tid, attempt)] = why
                     self.remote_workspaces[t] = {"kind": "worktree", "error": why}
                 path = self.plan_dir  # the agent works in a worktree of its own clone
             else:
-                path = worktrees.workdir(tid, self.attempts[t])
+                path = worktrees.workdir(tid, self.attempts[t], deps)
             if worktrees.started and not was_started:
                 self.emit(
                     "integration_branch",
@@ -560,6 +596,8 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
                     branch=worktrees.branch,
                     base=worktrees.base,
                 )
+                if worktrees.reconciled:  # a resume after a crash
+                    self.emit("worktrees_reconciled", notes=worktrees.reconciled)
             return path
         if workspace != "tempdir":
             return self.plan_dir
@@ -598,6 +636,9 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
             return None
         pushed = (result or {}).get("workspace")
         commit = pushed.get("commit") if isinstance(pushed, dict) else None
+        session = (result or {}).get("session_id")
+        if isinstance(session, str) and worktrees.ledger is not None:
+            worktrees.ledger.record_session(tid, attempt, session)
         self.remote_workspaces.pop(t, None)
         merge = worktrees.finish(
             tid, attempt, succeeded=not keep, commit=commit if isinstance(commit, str) else None
@@ -608,17 +649,41 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
             conflict = self.shared.record_merge(tid, details)
             self._conflict_raised(conflict)
         elif merge is not None and merge.error is None and not keep:
+            if merge.resolved is not None:  # a conflict that appeared only at the merge
+                paths, how = merge.resolved
+                self.emit("merge_resolved", t, attempt=attempt, paths=paths, how=how)
             for conflict in self.shared.merged(tid, attempt):
                 self._decided(conflict)
         return None if merge is None else merge.error
+
+    def _worktree_steps(self, t: int, ctx: TaskContext) -> Any:
+        """The steps around a local worktree attempt's agent (None: it has no worktree)."""
+        from counterpoint.agents.attempt import WorktreeAttempt, resolver_call
+
+        worktrees = getattr(self, "worktrees", None)
+        if worktrees is None or worktrees.prepared.get(ctx.task_id) != ctx.attempt:
+            return None
+        resolve = resolver_call(self.runners, self.plan)
+        return WorktreeAttempt(
+            worktrees, self.plan, ctx, resolve, lambda kind, **data: self.emit(kind, t, **data)
+        )
 
     async def _execute(self, t: int, ctx: TaskContext) -> None:
         timeout = self.plan.effective(ctx.task).timeout_s * self.options.time_scale
         outcome = Completion(t, ctx.attempt, "completed")
         try:
             runner = self.runners.for_task(ctx.task_id, ctx.agent)
+            steps = self._worktree_steps(t, ctx)
+            best = self._best_of_n(t, ctx, steps)  # attempts: N, candidates in worktrees
             async with asyncio.timeout(timeout if timeout > 0 else None):
-                outcome.result = await runner(ctx)
+                if best is not None:  # the winner's work is now on the attempt's branch
+                    outcome.result = await best.run()
+                else:
+                    if steps is not None:  # setup, then the worktree is checked
+                        await steps.before()
+                    outcome.result = await runner(ctx)
+                if steps is not None:  # check, commit, resolve a predicted conflict
+                    await steps.after(checked=best is not None)
             outcome.writes = _writes_of(ctx, outcome.result)
         except TaskFailed as exc:
             outcome.kind, outcome.error = "failed", str(exc)
@@ -655,6 +720,10 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
                     self.shared.validate(done.node, done.writes)
                 except StateError as exc:
                     done.kind, done.error = "failed", str(exc)
+            if done.kind == "completed":  # an attempt that had to change code and did not
+                unchanged = self._unchanged_attempt(done, getattr(self, "worktrees", None))
+                if unchanged is not None:
+                    done.kind, done.error = "failed", unchanged
             error = self._clean_workspace(done.node, done.kind != "completed", done.result)
             if error is not None and done.kind in ("completed", "failed"):
                 done.kind, done.error = "failed", error  # e.g. a merge conflict
@@ -667,6 +736,7 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
             handler(done)
             if self.children and done.node in self.children:
                 self._parent_ended(done.node)
+            self._check_budget()
         worktrees = getattr(self, "worktrees", None)
         if worktrees is not None and self._finished():  # the run ends: free its branch
             worktrees.cleanup()
@@ -702,6 +772,8 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
         self._finish_attempt(done, "completed")
         self._save(t, result=done.result)
         self.emit("task_completed", t, attempt=done.attempt, usage=done.result.get("usage"))
+        if self.order.drifted(t, self._plan_time(time.monotonic())) or self.order.due():
+            self._refresh_dispatch()
         if t in self.rolling:
             self.rollback_member_completed(t)
         self._complete_node(t)
@@ -799,6 +871,7 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
             status,
             done.error or None,
         )
+        self._govern(done, task_log_dir(self.state_dir, self.run_id, self.g.task_ids[t]))
 
     def _backoff(self, failures: int) -> float:
         s = self.plan.settings
@@ -873,6 +946,7 @@ class Orchestrator(Steering, Undoing, Spawning, Coordination):
             *self.gates_running.values(),
             *self.comp_running.values(),
             *self.coordination_jobs(),
+            *self.background,
         ]
         for task in pending:
             task.cancel()

@@ -44,6 +44,10 @@ def build_runner(
         from counterpoint.agents.shell import ShellRunner
 
         return ShellRunner(spec, plan_dir, kill_grace_s=kill_grace_s)
+    if spec.coding is not None:
+        from counterpoint.agents.coding import CodingRunner
+
+        return CodingRunner(spec, plan_dir, kill_grace_s=kill_grace_s)
     if agent is None:
         raise NotSupportedError(
             "a task's own run: cannot be remote; give an agent runner: {remote: true} "

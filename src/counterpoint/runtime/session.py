@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,10 +37,15 @@ LOCK_NAME = "run.lock"
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """Serve the run's hub (remote agents, the operator API) on ``host:port``."""
+    """Serve the run's hub (remote agents, the operator API) on ``host:port``; over TLS
+    with ``tls_cert`` and ``tls_key``; answering the ``Host`` names of ``allowed_hosts``
+    besides loopback (docs/security.md)."""
 
     host: str = "127.0.0.1"
     port: int = 8765
+    allowed_hosts: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class RunRefused(CounterpointError):
@@ -136,6 +142,20 @@ def run_lock(state_dir: Path) -> Iterator[None]:
         handle.close()
 
 
+@contextmanager
+def _journal_failures(state_dir: Path) -> Iterator[None]:
+    """A journal write that fails (a full disk, an I/O error) stops the run with the
+    reason (exit 2): nothing after the last commit is lost, ``resume`` continues it."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StateDirError(
+            f"the run journal in {state_dir} could not be written ({exc}); the run stopped "
+            f"at its last commit. Free space or fix the disk, then `counterpoint resume "
+            f"--state {state_dir}`"
+        ) from None
+
+
 def lock_holder(state_dir: Path) -> int | None:
     """The pid running a plan in ``state_dir``, or None when no run is alive."""
     path = state_dir / LOCK_NAME
@@ -174,7 +194,12 @@ def start_run(
     runners = Runners(
         plan, plan_path.resolve().parent, options.kill_grace_s, options.backend, options.ray_address
     )
-    with run_lock(state_dir), _listening(serve) as sock, runners.started():
+    with (
+        run_lock(state_dir),
+        _journal_failures(state_dir),
+        _listening(serve) as sock,
+        runners.started(),
+    ):
         store = SqliteStore(state_dir, sync=sync)
         try:
             digest, text = fingerprint(plan)
@@ -201,7 +226,7 @@ def resume_run(
     ``approve_as``).
     """
     state_dir = Path(state_dir).resolve()
-    with run_lock(state_dir), _listening(serve) as sock:
+    with run_lock(state_dir), _journal_failures(state_dir), _listening(serve) as sock:
         store = SqliteStore(state_dir, sync=sync, create=False)
         try:
             record = latest(store, state_dir)
@@ -349,6 +374,9 @@ async def _served(run: _Run, orch: Orchestrator, previous: dict[str, Any] | None
             exchange=orch.exchange_of,
         ),
         sock=run.sock,
+        allowed_hosts=run.serve.allowed_hosts,
+        tls_cert=run.serve.tls_cert,
+        tls_key=run.serve.tls_key,
     )
     await server.start()
     tune_gc_for_serving()

@@ -9,8 +9,14 @@ file from other processes, so they work whether or not the run is served.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
+import re
+import signal
 import sqlite3
+import struct
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -100,6 +106,8 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS events_by_task ON events (run_id, task);
 """
 
+_SCHEMA_NAMES = frozenset(re.findall(r"EXISTS (\w+)", _SCHEMA))
+
 _UPSERT_TASK = """
 INSERT INTO tasks (run_id, task, state, attempts, agent, started, finished, error, blocked_by,
                    result)
@@ -116,6 +124,63 @@ ON CONFLICT (run_id, task, attempt) DO UPDATE SET
     finished = excluded.finished, status = excluded.status, error = excluded.error
 """
 _EVENT = "INSERT INTO events (run_id, ts, kind, task, data) VALUES (?, ?, ?, ?, ?)"
+
+
+class _FaultHook:
+    """Test-only fault injection at journal commits (docs/reliability.md#the-fault-hook).
+
+    Armed only by environment variables, read once when a journal is first opened in
+    the process; when none is set, a commit pays one ``is None`` test:
+
+    - ``COUNTERPOINT_FAULT_KILL_AT=before:N`` (or ``after:N``): the process SIGKILLs
+      itself right before (after) the N-th commit it makes (counting from 1);
+    - ``COUNTERPOINT_FAULT_IO_AT=N``: the N-th commit and every later one fail with an
+      injected ``disk I/O error``, as on a full disk;
+    - ``COUNTERPOINT_FAULT_TRACE=FILE``: one line per commit (its number and the kinds
+      of rows it writes) appended to FILE.
+    """
+
+    def __init__(self, kill_when: str, kill_at: int, io_at: int, trace: str) -> None:
+        self.kill_when, self.kill_at, self.io_at, self.trace = kill_when, kill_at, io_at, trace
+        self.count = 0
+
+    @classmethod
+    def from_env(cls, env: os._Environ[str] | dict[str, str]) -> _FaultHook | None:
+        kill, io_at, trace = (
+            env.get("COUNTERPOINT_FAULT_KILL_AT", ""),
+            env.get("COUNTERPOINT_FAULT_IO_AT", ""),
+            env.get("COUNTERPOINT_FAULT_TRACE", ""),
+        )
+        if not (kill or io_at or trace):
+            return None
+        when, _, at = kill.rpartition(":")
+        if kill and (when not in ("before", "after", "") or not at.isdigit()):
+            raise ValueError(f"COUNTERPOINT_FAULT_KILL_AT={kill!r}: use before:N or after:N")
+        return cls(when or "before", int(at or 0), int(io_at or 0), trace)
+
+    def before_commit(self, what: str) -> None:
+        self.count += 1
+        if self.trace:
+            with open(self.trace, "a", encoding="utf-8") as f:
+                f.write(f"{self.count} {what}\n")
+        if self.io_at and self.count >= self.io_at:
+            raise sqlite3.OperationalError("disk I/O error (injected by COUNTERPOINT_FAULT_IO_AT)")
+        if self.kill_when == "before" and self.count == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def after_commit(self) -> None:
+        if self.kill_when == "after" and self.count == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_UNREAD: Any = object()
+_faults: Any = _UNREAD  # the process's _FaultHook, or None; read at the first open
+
+
+def _arm_faults() -> None:
+    global _faults
+    if _faults is _UNREAD:
+        _faults = _FaultHook.from_env(os.environ)
 
 
 class StateDirError(CounterpointError):
@@ -164,6 +229,7 @@ class SqliteStore:
         self.state_dir = state_dir
         self.path = state_dir / DB_NAME
         self._pending: dict[str, list[Sequence[Any]]] = {}
+        _arm_faults()
         self.conn = self._connect(create, sync)
 
     # -- opening ---------------------------------------------------------------
@@ -171,6 +237,14 @@ class SqliteStore:
     def _connect(self, create: bool, sync: str) -> sqlite3.Connection:
         if not create and not self.path.exists():
             raise StateDirError(f"no run journal in {self.state_dir} (nothing was run there)")
+        existed = self.path.exists() and self.path.stat().st_size > 0
+        if existed and not _run_active(self.state_dir):
+            problem = wal_problem(self.path.with_name(self.path.name + "-wal"))
+            if problem is not None:
+                raise StateDirError(
+                    f"the run journal {self.path} is unreadable ({problem}); it may be corrupt "
+                    "or truncated. Move it aside to start afresh."
+                )
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
@@ -179,7 +253,10 @@ class SqliteStore:
                 f"cannot open the state directory {self.state_dir}: {exc}"
             ) from None
         try:
-            self._prepare_patiently(conn, sync)
+            self._prepare_patiently(conn, sync, existed)
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise StateDirError(f"cannot open the run journal {self.path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StateDirError(
@@ -188,7 +265,7 @@ class SqliteStore:
             ) from None
         return conn
 
-    def _prepare_patiently(self, conn: sqlite3.Connection, sync: str) -> None:
+    def _prepare_patiently(self, conn: sqlite3.Connection, sync: str, existed: bool) -> None:
         """:meth:`_prepare`, tried again while another process holds a lock.
 
         SQLite answers "database is locked" at once, without waiting in the busy
@@ -200,7 +277,7 @@ class SqliteStore:
         delay = 0.005
         while True:
             try:
-                self._prepare(conn, sync)
+                self._prepare(conn, sync, existed)
                 return
             except sqlite3.OperationalError as exc:
                 locked = "locked" in str(exc) or "busy" in str(exc)
@@ -209,14 +286,23 @@ class SqliteStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
 
-    def _prepare(self, conn: sqlite3.Connection, sync: str) -> None:
+    def _prepare(self, conn: sqlite3.Connection, sync: str, existed: bool) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
         conn.execute("PRAGMA busy_timeout=30000")
         row = conn.execute("PRAGMA quick_check").fetchone()
         if row is None or row[0] != "ok":
             raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else 'no answer'}")
-        conn.executescript(_SCHEMA)
+        if existed:
+            _verify_content(conn)
+        # in one transaction: a process opening the journal meanwhile sees all its tables
+        # or none (a journal with some missing is refused as damaged)
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        if not names >= _SCHEMA_NAMES:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{_SCHEMA}\n"
+                f"INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');\nCOMMIT;"
+            )
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if version is None:
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -226,8 +312,10 @@ class SqliteStore:
             )
 
     def close(self) -> None:
-        self.flush()
-        self.conn.close()
+        try:
+            self.flush()
+        finally:
+            self.conn.close()
 
     # -- buffered writes -------------------------------------------------------
 
@@ -239,12 +327,21 @@ class SqliteStore:
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
-        with self._transaction():
-            for sql, rows in pending.items():
-                self.conn.executemany(sql, rows)
+        what = _summary(pending) if _faults is not None else ""
+        try:
+            with self._transaction(what):
+                for sql, rows in pending.items():
+                    self.conn.executemany(sql, rows)
+        except BaseException:
+            # Nothing is dropped: a later flush (after the disk has room again) or the
+            # next run's resume sees the journal without a gap.
+            for sql, rows in self._pending.items():
+                pending.setdefault(sql, []).extend(rows)
+            self._pending = pending
+            raise
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self.conn)
+    def _transaction(self, what: str = "") -> _Transaction:
+        return _Transaction(self.conn, what)
 
     @property
     def dirty(self) -> bool:
@@ -397,6 +494,17 @@ class SqliteStore:
             (run_id, task),
         ).fetchall()
 
+    def attempt_counts(self, run_id: int) -> dict[str, dict[str, int]]:
+        """Per task, how many of its attempts ended in each status (``failed``, ``lost``...)."""
+        out: dict[str, dict[str, int]] = {}
+        rows = self.conn.execute(
+            "SELECT task, status, COUNT(*) FROM attempts WHERE run_id = ? GROUP BY task, status",
+            (run_id,),
+        )
+        for task, status, count in rows:
+            out.setdefault(task, {})[status] = count
+        return out
+
     def events(self, run_id: int, after: int = 0, limit: int = 1000) -> list[tuple[Any, ...]]:
         return self.conn.execute(
             "SELECT seq, ts, kind, task, data FROM events WHERE run_id = ? AND seq > ?"
@@ -475,12 +583,149 @@ class SqliteStore:
         self._pending.setdefault(sql, []).extend(rows)
 
 
+_CORE_TABLES = ("meta", "runs", "tasks", "attempts", "events")
+_TASK_STATES = frozenset(
+    (
+        "pending",
+        "ready",
+        "running",
+        "retrying",
+        "completed",
+        "failed",
+        "blocked",
+        "cancelled",
+        "rolled_back",
+    )
+)
+_RUN_STATUSES = frozenset(("running", "completed", "failed", "cancelled"))
+_WAL_MAGIC = (0x377F0682, 0x377F0683)
+
+
+def _verify_content(conn: sqlite3.Connection) -> None:
+    """What ``quick_check`` cannot see: a journal of another program or without its
+    tables, and damage inside the rows a resume acts on (the latest run: its status,
+    its plan against the plan's sha256 fingerprint, its tasks' states)."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return  # a journal being created by another process right now
+    missing = [t for t in _CORE_TABLES if t not in tables]
+    if missing:
+        raise sqlite3.DatabaseError(
+            f"not a counterpoint run journal (tables missing: {', '.join(missing)})"
+        )
+    if conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() is None:
+        raise sqlite3.DatabaseError("not a counterpoint run journal (no schema version)")
+    run = conn.execute(
+        "SELECT id, fingerprint, plan_blob, options, status FROM runs ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if run is None:
+        return
+    run_id, digest, blob, options, status = run
+    if status not in _RUN_STATUSES:
+        raise sqlite3.DatabaseError(f"run {run_id} has an unknown status {status!r}")
+    try:
+        text = zlib.decompress(blob)
+        json.loads(options)
+    except (zlib.error, TypeError, ValueError) as exc:
+        raise sqlite3.DatabaseError(f"run {run_id}'s plan or options are damaged: {exc}") from None
+    if hashlib.sha256(text).hexdigest() != digest:
+        raise sqlite3.DatabaseError(f"run {run_id}'s plan does not match its fingerprint")
+    for task, state, result in conn.execute(
+        "SELECT task, state, result FROM tasks WHERE run_id = ?", (run_id,)
+    ):
+        if state not in _TASK_STATES:
+            raise sqlite3.DatabaseError(f"task {task!r} has an unknown state {state!r}")
+        try:
+            json.loads(result) if result else None
+        except ValueError:
+            raise sqlite3.DatabaseError(f"task {task!r} has a damaged result") from None
+
+
+def _run_active(state_dir: Path) -> bool:
+    """True when a process holds the run lock (it may be appending to the WAL now)."""
+    path = state_dir / "run.lock"
+    if not path.exists():
+        return False
+    try:
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
+
+
+def wal_problem(wal: Path) -> str | None:
+    """Damage in a write-ahead log that SQLite would pass over in silence, losing commits:
+    a torn or flipped header, a frame of the current log whose checksum fails, a frame
+    cut short. (Frames of an earlier log generation, left after a checkpoint, are normal.)"""
+    try:
+        data = wal.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"its write-ahead log cannot be read: {exc.strerror}"
+    if not data:
+        return None
+    if len(data) < 32:
+        return "its write-ahead log is shorter than its header"
+    magic, _, page_size = struct.unpack(">III", data[:12])
+    if magic not in _WAL_MAGIC or page_size < 512 or page_size & (page_size - 1):
+        return "its write-ahead log has a damaged header"
+    order = ">" if magic & 1 else "<"
+    sums = _wal_checksum(data[:24], 0, 0, order)
+    if sums != struct.unpack(">II", data[24:32]):
+        return "its write-ahead log has a damaged header"
+    salt, frame = data[16:24], 24 + page_size
+    offset, broken = 32, False
+    while offset < len(data):
+        header = data[offset : offset + 24]
+        current = len(header) == 24 and header[8:16] == salt
+        if len(data) - offset < frame:
+            return "its write-ahead log ends in a partial frame" if current or not broken else None
+        if not current:
+            broken = True  # the rest may be an earlier generation's frames
+        elif broken:
+            return "a frame of its write-ahead log follows a damaged one"
+        else:
+            sums = _wal_checksum(header[:8], *sums, order)
+            sums = _wal_checksum(data[offset + 24 : offset + frame], *sums, order)
+            if sums != struct.unpack(">II", header[16:24]):
+                return "a frame of its write-ahead log fails its checksum"
+        offset += frame
+    return None
+
+
+def _wal_checksum(data: bytes, s0: int, s1: int, order: str) -> tuple[int, int]:
+    words = struct.unpack(f"{order}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
 def _to_json(value: Any) -> str:
     """JSON for a task result; values JSON cannot hold are written as their text."""
     try:
         return json.dumps(value, default=str)
     except (TypeError, ValueError) as exc:
         return json.dumps({"unserializable_result": repr(value)[:2000], "reason": str(exc)})
+
+
+def _summary(pending: dict[str, list[Sequence[Any]]]) -> str:
+    """What a flush writes, for the fault hook's trace: tables, and the kinds of events."""
+    parts: list[str] = []
+    for sql, rows in pending.items():
+        words = sql.split()
+        table = words[words.index("INTO") + 1] if "INTO" in words else words[1]
+        if sql == _EVENT:
+            parts.extend(sorted({f"event:{r[2]}" for r in rows}))
+        else:
+            parts.append(table)
+    return " ".join(parts)
 
 
 def _task_record(r: Sequence[Any]) -> TaskRecord:
@@ -491,11 +736,23 @@ def _task_record(r: Sequence[Any]) -> TaskRecord:
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK), for a connection in autocommit mode."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, what: str = "") -> None:
         self.conn = conn
+        self.what = what
 
     def __enter__(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is not None:
+            self.conn.execute("ROLLBACK")
+            return
+        if _faults is not None:  # test-only (see _FaultHook)
+            try:
+                _faults.before_commit(self.what)
+            except sqlite3.Error:
+                self.conn.execute("ROLLBACK")
+                raise
+        self.conn.execute("COMMIT")
+        if _faults is not None:
+            _faults.after_commit()

@@ -1,13 +1,15 @@
 // The live dashboard of a served counterpoint run.
 //
 // It follows WS api/live (a snapshot, then what changed) and draws the view. Everything
-// from the run is put on the page as text (textContent, attributes), never as HTML. With an
-// operator token (typed in, or #token=... in the address, kept in sessionStorage) it sends
-// operator actions as POSTs with "Authorization: Bearer TOKEN"; without one it is read-only.
+// from the run is put on the page as text (textContent, attributes), never as HTML.
+// Nothing of the run is shown before signing in: the token (typed in, or #token=... in the
+// address, which never reaches the server and is taken off the address at once) is sent
+// once to POST login, which answers with an HttpOnly session cookie; the page never keeps
+// the token. The cookie then goes with every API call and the live feed. An operator can
+// act (POSTs); a viewer only watches.
 "use strict";
 
 (() => {
-  const TOKEN_KEY = "counterpoint.token";
   const STATES = ["pending", "ready", "running", "retrying", "completed", "failed", "blocked",
     "cancelled"];
   const PASSED = new Set(["allowed", "completed"]);
@@ -20,8 +22,8 @@
     tasks: new Map(),
     order: [],            // task ids in plan order
     skew: 0,              // server clock minus browser clock, seconds
-    token: "",
-    operator: null,
+    operator: null,       // the operator's name (a viewer: null)
+    user: null,           // {name, role} once signed in
     socket: null,
     retry: 1,
     finished: false,
@@ -109,6 +111,7 @@
   // -- the live feed --------------------------------------------------------------------
 
   function connect() {
+    if (!ui.user || ui.socket) return;
     const url = new URL("api/live", location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(url);
@@ -120,8 +123,10 @@
       try { message = JSON.parse(event.data); } catch { return; }
       receive(message);
     };
-    socket.onclose = (event) => {
+    socket.onclose = async (event) => {
       if (ui.socket !== socket) return;
+      ui.socket = null;
+      if (event.code !== 4000 && !ui.finished && !(await stillSignedIn())) return;
       if (event.code === 4000 || ui.finished) {
         ui.finished = true;
         setConnection("run finished: the server has stopped", "finished");
@@ -518,23 +523,29 @@
     notify.timer = setTimeout(() => { box.hidden = true; }, kind === "error" ? 10000 : 4000);
   }
 
-  async function act(path, body, describe) {
-    let answer;
-    let data = {};
+  // POST path with a JSON body (the session cookie goes with it): [status, answer] or null
+  async function post(path, body) {
     try {
-      answer = await fetch(path, {
+      const answer = await fetch(path, {
         method: "POST",
-        headers: { "Authorization": `Bearer ${ui.token}`, "Content-Type": "application/json" },
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json" },
         body: JSON.stringify(body),
       });
-      data = await answer.json().catch(() => ({}));
+      return [answer.status, await answer.json().catch(() => ({}))];
     } catch (e) {
       notify(`the server did not answer: ${e.message}`, "error");
       return null;
     }
-    if (!answer.ok) {
-      notify(data.error || `refused: HTTP ${answer.status}`, "error");
-      if (answer.status === 401) signOut();
+  }
+
+  async function act(path, body, describe) {
+    const answer = await post(path, body);
+    if (!answer) return null;
+    const [status, data] = answer;
+    if (status < 200 || status >= 300) {
+      notify(data.error || `refused: HTTP ${status}`, "error");
+      if (status === 401) setUser(null);
       return null;
     }
     notify(describe(data), "ok");
@@ -542,37 +553,62 @@
   }
 
   async function signIn(token) {
-    let answer;
+    const answer = await post("login", { token });
+    if (!answer) return;
+    const [status, data] = answer;
+    if (status !== 200) {
+      notify(data.error || `refused: HTTP ${status}`, "error");
+      setUser(null);
+      return;
+    }
+    setUser(data);
+  }
+
+  async function signOut() {
+    await post("logout", {});
+    setUser(null);
+  }
+
+  // who the session cookie belongs to, or null (signed out or never signed in)
+  async function whoAmI() {
     try {
-      answer = await fetch("api/whoami", { headers: { "Authorization": `Bearer ${token}` } });
-    } catch (e) {
-      notify(`the server did not answer: ${e.message}`, "error");
-      return;
+      const answer = await fetch("api/whoami", { credentials: "same-origin" });
+      return answer.ok ? await answer.json() : null;
+    } catch {
+      return undefined;  // the server is away: not a sign-out
     }
-    const data = await answer.json().catch(() => ({}));
-    if (!answer.ok) {
-      sessionStorage.removeItem(TOKEN_KEY);
-      notify(data.error || "not an operator token", "error");
-      setOperator(null, "");
-      return;
-    }
-    sessionStorage.setItem(TOKEN_KEY, token);
-    setOperator(data.operator, token);
   }
 
-  function signOut() {
-    sessionStorage.removeItem(TOKEN_KEY);
-    setOperator(null, "");
+  async function stillSignedIn() {
+    if ((await whoAmI()) !== null) return true;
+    setUser(null);
+    notify("the session has ended: sign in again", "error");
+    return false;
   }
 
-  function setOperator(name, token) {
-    ui.operator = name;
-    ui.token = token;
+  function setUser(user) {
+    const before = ui.user;
+    ui.user = user && user.name ? { name: user.name, role: user.role } : null;
+    ui.operator = ui.user && ui.user.role === "operator" ? ui.user.name : null;
     const who = $("who");
-    who.textContent = name ? `operator ${name}` : "read-only";
-    who.className = name ? "who operator" : "who";
-    $("token-form").hidden = Boolean(name);
-    $("sign-out").hidden = !name;
+    who.textContent = ui.user ? `${ui.user.role} ${ui.user.name}` : "signed out";
+    who.className = ui.user ? `who ${ui.user.role}` : "who";
+    $("token-form").hidden = Boolean(ui.user);
+    $("sign-out").hidden = !ui.user;
+    document.body.classList.toggle("signed-out", !ui.user);
+    if (!ui.user) {
+      const socket = ui.socket;
+      ui.socket = null;
+      if (socket) socket.close();
+      ui.view = null;
+      ui.finished = false;
+      $("cancel-run").hidden = true;
+      setConnection("sign in to follow the run", "down");
+      for (const id of ["phases", "gantt", "task-rows", "alerts", "gates", "conflicts",
+        "agent-rows"]) rebuild($(id), []);
+    } else if (!before && !ui.socket) {
+      connect();
+    }
     ui.drawn = {};
     draw();
   }
@@ -598,15 +634,15 @@
     window.addEventListener("resize", () => { if (ui.view) drawGantt(); });
     setInterval(tick, 1000);
 
-    // a token in the address (#token=...) never reaches the server; take it off the address
+    // a token in the address (#token=...) never reaches the server; take it off the
+    // address (and the history) at once, then trade it for a session cookie
     const match = location.hash.match(/^#token=(.+)$/);
     if (match) {
       history.replaceState(null, "", location.pathname + location.search);
       signIn(decodeURIComponent(match[1]));
-    } else if (sessionStorage.getItem(TOKEN_KEY)) {
-      signIn(sessionStorage.getItem(TOKEN_KEY));
+    } else {
+      whoAmI().then((user) => setUser(user || null));
     }
-    connect();
   }
 
   setUp();
