@@ -17,7 +17,6 @@ import socket
 import ssl
 import subprocess
 import urllib.request
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 from run_helpers import cli
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.testclient import TestClient, WebSocketDenialResponse  # needs httpx2
 from starlette.websockets import WebSocketDisconnect
 from tls_helpers import self_signed
 
@@ -35,10 +35,6 @@ from counterpoint.net.security import FailureLimiter, HostPolicy, Security, Sess
 from counterpoint.net.server import HubServer, Operations, build_app
 from counterpoint.net.tokens import TokenStore
 from counterpoint.plan.model import AgentSpec
-
-with warnings.catch_warnings():  # it would rather have httpx2, which is not installed
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient, WebSocketDenialResponse
 
 SECRET = "plan-secret-7f3a"  # in every answer that carries run data
 AGENTS = {
