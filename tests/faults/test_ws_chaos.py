@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from chaos_proxy import Chaos, ChaosProxy, Counters
 from net_helpers import FULL, PY, figure, read_journal, remote, served_bench
 
@@ -267,7 +269,9 @@ class _GoneConnection:
         raise RuntimeError("the client disconnected")
 
 
-def test_a_connection_cut_before_its_hello_ends_quietly() -> None:
+def test_a_connection_cut_before_its_hello_ends_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Found by the chaos run: a connection cut right after the upgrade (before any frame)
     ended the hub's handler with a traceback, closing it raising in turn."""
 
@@ -278,9 +282,15 @@ def test_a_connection_cut_before_its_hello_ends_quietly() -> None:
     async def garbage() -> AsyncIterator[str]:
         yield '{"op": "not a hello"}'
 
-    async def scenario() -> None:
+    async def scenario() -> Hub:
         hub = Hub(Bus(), {})
         await hub.serve("a00", _GoneConnection(), nothing())
         await hub.serve("a00", _GoneConnection(), garbage())
+        return hub
 
-    asyncio.run(scenario())
+    with caplog.at_level(logging.DEBUG):
+        hub = asyncio.run(scenario())
+    assert hub.sessions == {}  # neither cut connection left a session behind
+    assert hub.connected() == {}
+    noisy = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert noisy == [], [r.getMessage() for r in noisy]
