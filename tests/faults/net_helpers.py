@@ -35,7 +35,7 @@ if str(INTEGRATION) not in sys.path:
 
 import fault_helpers  # noqa: E402
 from run_helpers import PY, kill_quietly, one_phase, pid_alive, wait_for  # noqa: E402
-from test_hub_run import Proc, _env  # noqa: E402
+from test_hub_run import WORK, Proc, _env  # noqa: E402
 
 from counterpoint.net.tokens import TokenStore  # noqa: E402
 
@@ -86,33 +86,11 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 # -- the task command ---------------------------------------------------------------------
 
+
 #: The program a remote agent runs for each task: ``WORK RECORDS TASK AGENT ATTEMPT``, the
 #: payload on stdin. It appends ``start`` and ``end`` lines (JSON) to RECORDS and prints
 #: its result (``task``, ``by``, ``attempt``) as its last stdout line. Inputs: ``sleeps``
 #: (attempt number -> seconds), ``sleep`` (seconds, for attempts not in ``sleeps``).
-WORK_SCRIPT = r"""
-import json, os, sys, time
-
-records, task, agent, attempt = sys.argv[1:5]
-payload = json.load(sys.stdin)
-inputs = payload.get("task", {}).get("inputs", {})
-
-
-def record(event):
-    line = {"event": event, "task": task, "agent": agent, "attempt": int(attempt),
-            "pid": os.getpid(), "t": time.time()}
-    with open(records, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line) + "\n")
-
-
-record("start")
-seconds = inputs.get("sleeps", {}).get(attempt, inputs.get("sleep", 0))
-time.sleep(float(seconds))
-record("end")
-print(json.dumps({"task": task, "by": agent, "attempt": int(attempt)}), flush=True)
-"""
-
-
 def remote(*capabilities: str, capacity: int = 1) -> dict[str, Any]:
     return {"capabilities": list(capabilities), "capacity": capacity, "runner": {"remote": True}}
 
@@ -120,7 +98,7 @@ def remote(*capabilities: str, capacity: int = 1) -> dict[str, Any]:
 @dataclass
 class Served:
     """A folder with a plan served by ``counterpoint run --serve`` and its remote agents
-    (``counterpoint agent`` processes running :data:`WORK_SCRIPT`)."""
+    (``counterpoint agent`` processes running tests/integration/agents/hub_work.py)."""
 
     dir: Path
     procs: list[Proc] = field(default_factory=list)
@@ -140,10 +118,7 @@ class Served:
         return self.dir / "records.jsonl"
 
     def command(self) -> list[str]:
-        script = self.dir / "fault_work.py"
-        if not script.exists():
-            script.write_text(WORK_SCRIPT, encoding="utf-8")
-        return [PY, str(script), str(self.records_path), "{task_id}", "{agent}", "{attempt}"]
+        return [PY, str(WORK), str(self.records_path), "{task_id}", "{agent}", "{attempt}"]
 
     def write_plan(self, tasks: list[dict[str, Any]], agents: dict[str, Any], **top: Any) -> None:
         self.plan.write_text(yaml.safe_dump(one_phase(tasks, agents=agents, **top)), "utf-8")
@@ -214,7 +189,7 @@ class Served:
                 prog.wait()
         for r in self.records():  # task programs run in their own sessions
             with contextlib.suppress(OSError):
-                if b"fault_work.py" in Path(f"/proc/{r['pid']}/cmdline").read_bytes():
+                if b"hub_work.py" in Path(f"/proc/{r['pid']}/cmdline").read_bytes():
                     kill_quietly(r["pid"])
 
 

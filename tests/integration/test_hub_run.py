@@ -329,7 +329,7 @@ def test_two_remote_agents_and_a_local_one_run_a_plan_to_completion(bench: Bench
         rec = j.tasks[tid]
         assert rec.state == "completed" and rec.agent == agent, rec
         # The last stdout line of the command, a JSON object, is the task's result.
-        assert rec.result == {"task": tid, "by": agent, "answer": len(tid)}, rec
+        assert rec.result == {"task": tid, "by": agent, "attempt": 1}, rec
         assert [(a[1], a[4]) for a in j.attempts[tid]] == [(agent, "completed")]
     connected = {data["agent"] for _, data in j.of_kind("agent_connected")}
     assert connected == {"builder", "tester"}
@@ -384,7 +384,7 @@ def test_an_agent_killed_mid_task_is_lost_and_its_task_runs_on_the_other_agent(
     j = journal(bench.state)
     attempts = [(a[0], a[1], a[4]) for a in j.attempts["hang"]]
     assert attempts == [(1, victim, "lost"), (2, survivor, "completed")], attempts
-    assert j.tasks["hang"].result == {"task": "hang", "by": survivor, "answer": 4}
+    assert j.tasks["hang"].result == {"task": "hang", "by": survivor, "attempt": 2}
     assert j.tasks["after"].state == "completed"
     assert agents[survivor].running()
 

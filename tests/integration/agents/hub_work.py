@@ -10,7 +10,11 @@ The task's inputs steer it:
   the agent reports it as a status update;
 - ``block``: a marker path; the first attempt that creates it writes its pid there
   and then sleeps until it is killed (later attempts run normally);
-- ``sleep``: seconds to sleep before finishing.
+- ``sleep``: seconds to sleep before finishing; ``sleeps``: per attempt (``{"1": 0.8}``),
+  ``sleep`` for the attempts it does not name.
+
+The result names the task, the agent and the attempt (tests/faults checks that a run
+keeps the current attempt's result, never a stale one's).
 """
 
 from __future__ import annotations
@@ -44,10 +48,10 @@ def main() -> None:
             os.write(fd, f"{os.getpid()} {agent}\n".encode())
             os.close(fd)
             time.sleep(300)
-    time.sleep(float(inputs.get("sleep", 0)))
+    time.sleep(float(inputs.get("sleeps", {}).get(attempt, inputs.get("sleep", 0))))
     record(records, event="end", task=task, agent=agent, attempt=int(attempt))
     print("working on", task)
-    print(json.dumps({"task": task, "by": agent, "answer": len(task)}), flush=True)
+    print(json.dumps({"task": task, "by": agent, "attempt": int(attempt)}), flush=True)
 
 
 if __name__ == "__main__":
